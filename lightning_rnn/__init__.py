@@ -1,0 +1,10 @@
+"""lightning-rnn: recurrent networks for PyTorch Lightning.
+
+Truncated BPTT built into LightningModules, step-tied (variational) dropout, and callbacks that show
+and control how gradients flow through time.
+"""
+
+__version__ = "0.1.0"
+
+# Public LightningModules are re-exported from lightning_rnn.modules (one line per module).
+__all__ = ["__version__"]

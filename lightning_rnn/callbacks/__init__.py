@@ -1,0 +1,3 @@
+"""lightning_rnn.callbacks."""
+
+__all__: list[str] = []

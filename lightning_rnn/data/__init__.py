@@ -1,0 +1,3 @@
+"""lightning_rnn.data."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""lightning_rnn.functional."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""lightning_rnn.modules."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Pure-PyTorch recurrent layers (never imports lightning)."""
+
+__all__: list[str] = []
