@@ -1,3 +1,14 @@
 """Pure-PyTorch recurrent layers (never imports lightning)."""
 
-__all__: list[str] = []
+from . import state
+from .dropout import EmbeddingDropout, LockedDropout, WeightDropout, locked_dropout
+from .rnn import RNNStack
+
+__all__: list[str] = [
+    "EmbeddingDropout",
+    "LockedDropout",
+    "RNNStack",
+    "WeightDropout",
+    "locked_dropout",
+    "state",
+]
