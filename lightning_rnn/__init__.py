@@ -7,4 +7,6 @@ and control how gradients flow through time.
 __version__ = "0.1.0"
 
 # Public LightningModules are re-exported from lightning_rnn.modules (one line per module).
-__all__ = ["__version__"]
+from lightning_rnn.modules import RNNLanguageModel, TBPTTModule, TBPTTStep
+
+__all__ = ["__version__", "RNNLanguageModel", "TBPTTModule", "TBPTTStep"]

@@ -1,3 +1,6 @@
 """lightning_rnn.modules."""
 
-__all__: list[str] = []
+from lightning_rnn.modules.language_model import RNNLanguageModel
+from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
+
+__all__: list[str] = ["RNNLanguageModel", "TBPTTModule", "TBPTTStep"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
+from lightning_rnn import TBPTTModule, TBPTTStep
 
 
 class SeqRegressor(TBPTTModule):

@@ -1,0 +1,281 @@
+"""RNNLanguageModel: a word- or character-level recurrent language model on the TBPTT engine."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.text import Perplexity
+
+from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
+from lightning_rnn.nn.dropout import EmbeddingDropout
+from lightning_rnn.nn.rnn import RNNStack
+
+__all__ = ["RNNLanguageModel"]
+
+_OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, Mapping):
+        if "inputs" not in batch or "targets" not in batch:
+            raise ValueError(f"Expected a dict batch with keys 'inputs' and 'targets', got keys {sorted(batch)}")
+        return batch["inputs"], batch["targets"]
+    if isinstance(batch, list | tuple) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(
+        f"Expected a batch (inputs, targets) or {{'inputs': ..., 'targets': ...}} of LongTensors (N, L), "
+        f"got {type(batch).__name__}"
+    )
+
+
+class RNNLanguageModel(TBPTTModule):
+    """Recurrent language model (RNN / LSTM / GRU) trained with truncated BPTT.
+
+    Embedding -> :class:`~lightning_rnn.nn.RNNStack` (every step-tied dropout option) -> linear decoder
+    (optionally tied to the embedding). The loss of a chunk is the mean token cross-entropy over that chunk.
+    Logs ``train/loss`` (+ ``train/loss_chunk``), ``train/ppl``, ``train/bits_per_token``, ``val/loss``,
+    ``val/ppl``, ``val/bits_per_token`` (torchmetrics ``Perplexity`` over whole validation sequences) and the
+    same for ``test/``.
+
+    Batches are ``(inputs, targets)`` LongTensors ``(N, L)`` (targets = inputs shifted by one) or a dict with
+    ``"inputs"``, ``"targets"`` (and optionally ``"reset"``), as :class:`~lightning_rnn.data.TextStreamDataModule`
+    hands out. ``carry_state`` defaults to True because those batches are consecutive slices of streams.
+
+    Args:
+        vocab_size: V, number of token ids.
+        embedding_dim: E.
+        hidden_size: H of every recurrent layer.
+        num_layers: stacked recurrent layers.
+        cell: ``"rnn"`` (tanh), ``"lstm"`` or ``"gru"``.
+        tbptt_steps, tbptt_backprop_steps, carry_state, variable_bptt, gradient_clip_val,
+            gradient_clip_algorithm, eval_tbptt_steps: see :class:`~lightning_rnn.TBPTTModule`.
+        input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
+            dropout of the :class:`~lightning_rnn.nn.RNNStack`.
+        embedding_dropout: drops whole vocabulary rows of the embedding (AWD-LSTM).
+        tie_weights: share the decoder's weight with the embedding (needs ``embedding_dim`` equal to the
+            recurrent output size ``D*H``).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; override ``configure_optimizers`` for anything else.
+        lr, weight_decay: optimizer settings.
+        ignore_index: target id that carries no loss (padding).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_rnn import RNNLanguageModel
+        >>> lm = RNNLanguageModel(vocab_size=50, embedding_dim=16, hidden_size=32, tbptt_steps=8)
+        >>> logits, state = lm(torch.randint(0, 50, (2, 12)))
+        >>> tuple(logits.shape)
+        (2, 12, 50)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 128,
+        hidden_size: int = 256,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        *,
+        tbptt_steps: int | None = None,
+        tbptt_backprop_steps: int | None = None,
+        carry_state: bool = True,
+        variable_bptt: bool = False,
+        input_dropout: float = 0.0,
+        layer_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        recurrent_dropout_mode: str = "weight",
+        embedding_dropout: float = 0.0,
+        tie_weights: bool = False,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        eval_tbptt_steps: int | None = None,
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__(
+            tbptt_steps=tbptt_steps,
+            tbptt_backprop_steps=tbptt_backprop_steps,
+            carry_state=carry_state,
+            variable_bptt=variable_bptt,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            eval_tbptt_steps=eval_tbptt_steps,
+        )
+        for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"Expected optimizer in {_OPTIMIZERS}, got {optimizer!r}")
+        if not lr > 0:
+            raise ValueError(f"Expected lr > 0, got {lr}")
+        self.save_hyperparameters()
+        self.vocab_size = vocab_size
+        self.ignore_index = ignore_index
+        embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.embedding: nn.Module = EmbeddingDropout(embedding, embedding_dropout) if embedding_dropout else embedding
+        self.rnn = RNNStack(
+            cell,
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            input_dropout=input_dropout,
+            layer_dropout=layer_dropout,
+            output_dropout=output_dropout,
+            recurrent_dropout=recurrent_dropout,
+            recurrent_dropout_mode=recurrent_dropout_mode,
+        )
+        self.decoder = nn.Linear(self.rnn.output_size, vocab_size)
+        if tie_weights:
+            if embedding_dim != self.rnn.output_size:
+                raise ValueError(
+                    f"Expected embedding_dim == recurrent output size for tie_weights=True, got embedding_dim="
+                    f"{embedding_dim} and output size {self.rnn.output_size}"
+                )
+            self.decoder.weight = embedding.weight
+        self.val_ppl = Perplexity(ignore_index=ignore_index)
+        self.test_ppl = Perplexity(ignore_index=ignore_index)
+
+    # ------------------------------------------------------------------ model
+    def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Inputs: tokens (N, L) LongTensor, state (optional). Outputs: logits (N, L, V), state."""
+        emb = self.embedding(tokens)  # (N, L, E)
+        out, state = self.rnn(emb, state)  # (N, L, D*H)
+        return self.decoder(out), state  # (N, L, V)
+
+    def _check_tokens(self, *tensors: Tensor) -> None:
+        for name, t in zip(("inputs", "targets"), tensors):
+            if t.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"Expected {name} to be an integer tensor of token ids, got dtype {t.dtype}")
+            if t.dim() != 2:
+                raise ValueError(f"Expected {name} of shape (N, L), got {tuple(t.shape)}")
+            valid = t[t != self.ignore_index] if name == "targets" else t
+            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.vocab_size):
+                bad = int(valid.max()) if int(valid.max()) >= self.vocab_size else int(valid.min())
+                raise ValueError(
+                    f"Expected {name} ids in [0, {self.vocab_size}) (vocab_size={self.vocab_size}), got id {bad}"
+                )
+
+    def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
+        inputs, targets = _unpack(chunk)
+        logits, state = self(inputs, state)  # (N, k, V)
+        loss = F.cross_entropy(
+            logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=self.ignore_index
+        )
+        weight = (targets != self.ignore_index).sum()
+        return TBPTTStep(loss=loss, state=state, weight=weight, outputs=None if self.training else logits)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self._check_tokens(*_unpack(batch))
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/ppl", torch.exp(loss), on_step=True, on_epoch=False)
+        self.log("train/bits_per_token", loss / math.log(2), on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self._check_tokens(*_unpack(batch))
+        return super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self._check_tokens(*_unpack(batch))
+        return super().test_step(batch, batch_idx)
+
+    def on_eval_chunk_end(self, stage: str, chunk: Any, step: TBPTTStep) -> None:
+        metric = {"val": self.val_ppl, "test": self.test_ppl}.get(stage)
+        if metric is not None and step.outputs is not None:
+            metric.update(step.outputs.float(), _unpack(chunk)[1])
+
+    def _log_ppl(self, stage: str, metric: Perplexity) -> None:
+        if metric.update_count == 0:
+            return
+        ppl = metric.compute()
+        metric.reset()
+        self.log(f"{stage}/ppl", ppl, prog_bar=stage == "val")
+        self.log(f"{stage}/bits_per_token", torch.log2(ppl))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_ppl("val", self.val_ppl)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_ppl("test", self.test_ppl)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        return cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+
+    # ------------------------------------------------------------------ diagnostics probe
+    def gradient_flow_probe(self, batch: Any, max_steps: int | None = None) -> tuple[list[Any], Tensor]:
+        """Per-step states and per-step losses for :class:`~lightning_rnn.callbacks.GradientFlowMonitor`.
+
+        Runs the same parameters step by step (``RNNStack.forward_steps``) over the first ``max_steps`` steps of
+        ``batch``. Outputs: a list of L states (graph attached) and the token losses (N, L).
+        """
+        inputs, targets = _unpack(batch)
+        if max_steps is not None:
+            inputs, targets = inputs[:, :max_steps], targets[:, :max_steps]
+        out, step_states = self.rnn.forward_steps(self.embedding(inputs))  # (N, L, D*H)
+        logits = self.decoder(out)  # (N, L, V)
+        losses = F.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=self.ignore_index, reduction="none"
+        )  # (N, L)
+        return step_states, losses
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample a continuation.
+
+        Inputs: prompt_ids (L,) or (N, L) LongTensor (L >= 1). Outputs: (L + max_new_tokens,) or
+        (N, L + max_new_tokens): the prompt followed by the sampled ids. ``temperature=0`` is greedy.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"Expected max_new_tokens >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"Expected temperature >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"Expected top_k >= 1 or None, got {top_k}")
+        squeeze = prompt_ids.dim() == 1
+        ids = prompt_ids.unsqueeze(0) if squeeze else prompt_ids
+        if ids.dim() != 2 or ids.shape[1] < 1:
+            raise ValueError(f"Expected prompt_ids of shape (L,) or (N, L) with L >= 1, got {tuple(prompt_ids.shape)}")
+        self._check_tokens(ids, ids)
+        was_training = self.training
+        self.eval()
+        try:
+            ids = ids.to(self.device)
+            logits, state = self(ids)
+            out = [ids]
+            for _ in range(max_new_tokens):
+                last = logits[:, -1].float()  # (N, V)
+                if temperature == 0:
+                    nxt = last.argmax(-1, keepdim=True)
+                else:
+                    last = last / temperature
+                    if top_k is not None:
+                        kth = torch.topk(last, min(top_k, last.shape[-1]), dim=-1).values[:, -1:]
+                        last = last.masked_fill(last < kth, float("-inf"))
+                    nxt = torch.multinomial(torch.softmax(last, -1), 1, generator=generator)  # (N, 1)
+                out.append(nxt)
+                logits, state = self(nxt, state)
+        finally:
+            self.train(was_training)
+        result = torch.cat(out, dim=1)
+        return result[0] if squeeze else result
