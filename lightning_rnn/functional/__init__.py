@@ -8,6 +8,21 @@ from lightning_rnn.functional.clipping import (
     grad_norm,
     unitwise_norm,
 )
+from lightning_rnn.functional.gradient_flow import (
+    GradientFlowResult,
+    SupportsGradientFlowProbe,
+    gradient_horizon,
+    per_lag_gradient_norms,
+)
+from lightning_rnn.functional.spectral import (
+    BlockSpectralNorm,
+    find_recurrent_weights,
+    power_iteration,
+    recurrent_spectral_norms,
+    spectral_norm_exact,
+)
 
 __all__: list[str] = []
 __all__ += ["QuantileClipRule", "ZScoreClipRule", "adaptive_clip_grad_", "clip_grads_", "grad_norm", "unitwise_norm"]
+__all__ += ["GradientFlowResult", "SupportsGradientFlowProbe", "gradient_horizon", "per_lag_gradient_norms"]
+__all__ += ["BlockSpectralNorm", "find_recurrent_weights", "power_iteration", "recurrent_spectral_norms", "spectral_norm_exact"]
