@@ -1,0 +1,218 @@
+"""functional.clipping: the threshold rules against independently computed sequences, AGC against a reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_rnn.functional import (
+    QuantileClipRule,
+    ZScoreClipRule,
+    adaptive_clip_grad_,
+    clip_grads_,
+    grad_norm,
+    unitwise_norm,
+)
+from lightning_rnn.functional.clipping import quantile
+
+# A scripted norm series: a calm phase, two spikes, a regime change.
+NORMS = [1.0, 1.2, 0.9, 1.1, 1.05, 0.95, 8.0, 1.0, 1.3, 0.8, 1.1, 25.0, 2.0, 2.2, 1.9, 2.1, 2.05]
+
+
+def _expected_autoclip(norms: list[float], q: float, window: int | None) -> list[float]:
+    # AutoClip: append the current norm, then np.percentile of the (bounded) history.
+    hist: list[float] = []
+    out = []
+    for g in norms:
+        hist.append(g)
+        if window is not None:
+            hist = hist[-window:]
+        out.append(float(np.percentile(np.array(hist), 100 * q)))
+    return out
+
+
+@pytest.mark.parametrize(("q", "window"), [(0.1, None), (0.1, 4), (0.5, 3), (0.9, 1000), (1.0, 5)])
+def test_quantile_rule_reproduces_autoclip_sequence(q, window):
+    rule = QuantileClipRule(quantile=q, window=window)
+    got = [rule.step(g) for g in NORMS]
+    np.testing.assert_allclose(got, _expected_autoclip(NORMS, q, window), rtol=1e-12)
+
+
+def test_quantile_matches_numpy_on_random_values():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 100):
+        xs = rng.lognormal(size=n).tolist()
+        for q in (0.0, 0.1, 0.37, 0.5, 1.0):
+            assert quantile(xs, q) == pytest.approx(float(np.percentile(xs, 100 * q)), rel=1e-12)
+
+
+def test_quantile_rule_window_bounds_history_and_state_round_trip():
+    rule = QuantileClipRule(quantile=0.1, window=4)
+    for g in NORMS:
+        rule.step(g)
+    assert list(rule.history) == NORMS[-4:]
+    other = QuantileClipRule(quantile=0.1, window=4)
+    other.load_state_dict(rule.state_dict())
+    assert other.step(3.0) == rule.step(3.0)
+
+
+def _expected_zclip(norms, alpha, z_thr, warmup, eps=1e-6):
+    # Written from the ZClip paper/reference: warm-up buffer -> population mean/var; EMA fed the clipped value,
+    # the variance update uses the already-updated mean.
+    out, buf, mu, var = [], [], None, None
+    for g in norms:
+        if mu is None:
+            buf.append(g)
+            if len(buf) == max(warmup, 1):
+                arr = np.array(buf)
+                mu, var = float(arr.mean()), float(arr.var())
+            out.append(math.inf)
+            continue
+        sd = var**0.5
+        z = (g - mu) / (sd + eps)
+        if z > z_thr:
+            clip_to = mu + (z_thr * sd) / (z / z_thr)
+            out.append(clip_to)
+            g_eff = clip_to
+        else:
+            out.append(mu + z_thr * (sd + eps))
+            g_eff = g
+        mu = alpha * mu + (1 - alpha) * g_eff
+        var = alpha * var + (1 - alpha) * (g_eff - mu) ** 2
+    return out
+
+
+@pytest.mark.parametrize(("alpha", "z_thr", "warmup"), [(0.97, 2.5, 5), (0.8, 2.0, 3), (0.5, 1.0, 0)])
+def test_zscore_rule_reproduces_zclip_sequence(alpha, z_thr, warmup):
+    rule = ZScoreClipRule(alpha=alpha, z_threshold=z_thr, warmup_steps=warmup)
+    got = [rule.step(g) for g in NORMS]
+    np.testing.assert_allclose(got, _expected_zclip(NORMS, alpha, z_thr, warmup), rtol=1e-12)
+    # The big spike is clipped; the first calm step after a real warm-up is not (with warm-up 0 -> 1, sigma
+    # starts at 0 and every larger norm is a spike).
+    clipped = [g > t for g, t in zip(NORMS, got)]
+    assert clipped[NORMS.index(25.0)]
+    assert not any(clipped[:warmup])
+    if warmup >= 3:
+        assert not clipped[warmup]
+
+
+def test_zscore_threshold_is_continuous_at_trigger():
+    rule = ZScoreClipRule(alpha=0.9, z_threshold=2.0, warmup_steps=2)
+    rule.step(1.0)
+    rule.step(3.0)  # mean 2, std 1
+    state = rule.state_dict()
+    trigger = 2.0 + 2.0 * (1.0 + 1e-6)
+    below, above = ZScoreClipRule(0.9, 2.0, 2), ZScoreClipRule(0.9, 2.0, 2)
+    below.load_state_dict(state)
+    above.load_state_dict(state)
+    assert below.step(trigger - 1e-9) == pytest.approx(trigger)
+    assert above.step(trigger + 1e-9) == pytest.approx(trigger, rel=1e-6)
+
+
+@pytest.mark.parametrize("rule", [QuantileClipRule(), ZScoreClipRule()])
+def test_rules_reject_non_finite_norms(rule):
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="finite"):
+            rule.step(bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"quantile": 0.0}, "quantile"),
+        ({"quantile": 1.5}, "quantile"),
+        ({"window": 0}, "window"),
+        ({"window": 2.5}, "window"),
+    ],
+)
+def test_quantile_rule_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QuantileClipRule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha": 1.0}, "alpha"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"z_threshold": 0.0}, "z_threshold"),
+        ({"warmup_steps": -1}, "warmup"),
+    ],
+)
+def test_zscore_rule_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ZScoreClipRule(**kwargs)
+
+
+def test_grad_norm_matches_concatenated_norm():
+    grads = [torch.randn(3, 4), torch.randn(5), torch.randn(())]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    for p in (1.0, 2.0, 3.0, math.inf):
+        assert float(grad_norm(grads, p)) == pytest.approx(
+            float(torch.linalg.vector_norm(flat, ord=p)), rel=1e-5
+        )
+    assert float(grad_norm([])) == 0.0
+    grads[1][0] = math.nan
+    assert math.isnan(float(grad_norm(grads)))
+
+
+def test_clip_grads_sets_norm_exactly_to_threshold():
+    grads = [torch.randn(10, 10) * 5, torch.randn(10)]
+    before = [g.clone() for g in grads]
+    norm = float(grad_norm(grads))
+    assert clip_grads_(grads, norm / 7, norm)
+    assert float(grad_norm(grads)) == pytest.approx(norm / 7, rel=1e-6)
+    for g, b in zip(grads, before):  # direction preserved
+        torch.testing.assert_close(g, b / 7, rtol=1e-6, atol=0)
+    assert not clip_grads_(grads, 1e9, float(grad_norm(grads)))
+    assert not clip_grads_(grads, math.inf, float(grad_norm(grads)))
+
+
+def _agc_reference(w: torch.Tensor, g: torch.Tensor, lam: float, eps: float) -> torch.Tensor:
+    # Straightforward loop over units (rows), the NFNets definition.
+    if w.ndim <= 1:
+        wn = max(float(w.norm()), eps)
+        gn = float(g.norm())
+        return g * (lam * wn / gn) if gn > lam * wn else g.clone()
+    out = g.clone()
+    for i in range(w.shape[0]):
+        wn = max(float(w[i].norm()), eps)
+        gn = float(g[i].norm())
+        if gn > lam * wn:
+            out[i] = g[i] * (lam * wn / gn)
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.01, 0.1, 1.0])
+def test_agc_matches_reference(lam):
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(8, 5), (12, 3), (7,), (), (4, 3, 2)]
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.randn(s, generator=gen))
+        p.grad = torch.randn(s, generator=gen) * torch.rand((), generator=gen) * 0.3
+        params.append(p)
+    params[1].data[0].zero_()  # a zero unit: the eps floor matters
+    expected = [_agc_reference(p.detach(), p.grad, lam, 1e-3) for p in params]
+    n_expected = sum(
+        int(not torch.equal(e, p.grad))
+        if p.ndim <= 1
+        else int((e != p.grad).any(dim=tuple(range(1, p.ndim))).sum())
+        for e, p in zip(expected, params)
+    )
+    count = adaptive_clip_grad_(params, clip_factor=lam, eps=1e-3)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-7)
+    assert int(count) == n_expected
+    if lam == 0.01:
+        assert n_expected > 0
+
+
+def test_agc_skips_params_without_grad_and_unitwise_norm_shapes():
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    assert int(adaptive_clip_grad_([p])) == 0
+    assert unitwise_norm(torch.randn(4, 3, 2)).shape == (4, 1, 1)
+    assert unitwise_norm(torch.randn(5)).shape == ()
