@@ -34,7 +34,8 @@ def _check_p(p: float, name: str = "p") -> float:
 
 def _scaled_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
     """Bernoulli(1-p) mask scaled by 1/(1-p), with the dtype and device of ``like``."""
-    return like.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
+    # uniform_ + ge_ is ~3x faster than bernoulli_ on CPU (it matters for (4H, H) weight masks)
+    return like.new_empty(shape).uniform_().ge_(p).div_(1.0 - p)
 
 
 def _packed_rows(batch_sizes: Tensor, device: torch.device) -> Tensor:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ._lstm_loop import lstm_masked_recurrence
 from .dropout import _apply_row_mask, _check_p, _scaled_mask
 from .state import State
 
@@ -349,7 +350,8 @@ class RNNStack(nn.Module):
         if self.input_dropout > 0:
             masks.input = _scaled_mask((n, self.input_size), self.input_dropout, like)
         if self.recurrent_dropout > 0 and self.recurrent_dropout_mode == "weight":
-            masks.w_hh = [F.dropout(getattr(self, names[1]), self.recurrent_dropout, True) for names in self._names]
+            p = self.recurrent_dropout
+            masks.w_hh = [w * _scaled_mask(w.shape, p, w) for w in (getattr(self, ns[1]) for ns in self._names)]
         if self.layer_dropout > 0:
             masks.layer = [None] + [
                 _scaled_mask((n, self.output_size), self.layer_dropout, like) for _ in range(1, self.num_layers)
@@ -433,9 +435,16 @@ class RNNStack(nn.Module):
                 xp = F.linear(x, w_ih, b_ih)
             else:
                 xp = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
-            steps = list(xp.unbind(0)) if batch_sizes is None else list(xp.split(batch_sizes.tolist()))
             h0 = hx[0][direction] if lstm else hx[direction]
             c0 = hx[1][direction] if lstm else None
+            if lstm and batch_sizes is None:  # hand-written backward, one weight-gradient product
+                xp = xp.flip(0) if direction == 1 else xp
+                out, h, c = lstm_masked_recurrence(xp, h0, c0, w_hh, masks.state[k])
+                outs.append(out.flip(0) if direction == 1 else out)
+                hs.append(h)
+                cs.append(c)
+                continue
+            steps = list(xp.unbind(0)) if batch_sizes is None else list(xp.split(batch_sizes.tolist()))
             step_outs, h, c = _step_loop(
                 self.cell, steps, h0, c0, w_hh.t(), b_hh, masks.state[k], reverse=direction == 1
             )
