@@ -25,6 +25,9 @@ from lightning_rnn.functional.clipping import (
 __all__ = ["AdaptiveGradientClipping", "NonFiniteGradientError"]
 
 _MODES = ("quantile", "zscore", "agc")
+# Under fp16 AMP the GradScaler starts at a scale of 2**16 and halves it after each overflowing step; before
+# the first finite step these overflows are its search for a scale, not a failure: allow down to a scale of 1.
+_SCALER_SEARCH_STEPS = 16
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -109,7 +112,9 @@ class AdaptiveGradientClipping(Callback):
     Non-finite norms (fp16 overflow, a bad batch) never enter the history/EMA: the step is skipped (all
     gradients of that optimizer set to ``None``, so ``optimizer.step()`` changes nothing — zeroed
     gradients would still move Adam's parameters through its momentum) and counted; after
-    ``max_nonfinite_steps`` consecutive ones :class:`NonFiniteGradientError` stops training.
+    ``max_nonfinite_steps`` consecutive ones :class:`NonFiniteGradientError` stops training. Under fp16
+    AMP, overflowing steps before the first finite one are the GradScaler's search for a scale (it starts at
+    2**16 and halves per overflow): 16 more are allowed then. The scaler skips overflowing steps itself.
 
     Logged every optimizer step through ``pl_module.log`` (``Trainer(log_every_n_steps)`` decides which
     values reach the loggers): ``grad_clip/norm`` (pre-clip global norm), ``grad_clip/threshold`` (the
@@ -355,7 +360,10 @@ class AdaptiveGradientClipping(Callback):
             state.recent_clipped.append(False)
             self.last_threshold, self.last_clipped = None, False
             self._log(trainer, pl_module, index, state, norm, None)
-            if state.consecutive_nonfinite >= self.max_nonfinite_steps:
+            limit = self.max_nonfinite_steps
+            if state.steps == 0 and getattr(trainer.precision_plugin, "scaler", None) is not None:
+                limit += _SCALER_SEARCH_STEPS  # fp16 GradScaler still halving its initial scale
+            if state.consecutive_nonfinite >= limit:
                 raise NonFiniteGradientError(trainer.global_step, norm, state.consecutive_nonfinite)
             return
         state.consecutive_nonfinite = 0

@@ -1,0 +1,427 @@
+"""AdaptiveGradientClipping inside real Trainer.fit runs (automatic, manual, AMP, NaN, resume, DDP)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_rnn.callbacks import AdaptiveGradientClipping, NonFiniteGradientError
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _flat_norm(grads: list[torch.Tensor]) -> float:
+    # Independent of the library: the 2-norm of all gradient entries concatenated, in float64.
+    if not grads:
+        return 0.0
+    return float(torch.cat([g.detach().double().reshape(-1) for g in grads]).norm())
+
+
+class Probe(pl.Callback):
+    """Records the gradients the optimizer is about to use (placed before or after the clipping callback)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+        self.grads: list[list[torch.Tensor | None]] = []
+        self.params: list[list[torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        ps = [p for g in optimizer.param_groups for p in g["params"]]
+        self.grads.append([None if p.grad is None else p.grad.detach().clone() for p in ps])
+        self.params.append([p.detach().clone() for p in ps])
+        self.norms.append(_flat_norm([p.grad for p in ps if p.grad is not None]))
+
+
+class AfterStep(pl.Callback):
+    """Parameters after each training batch (automatic optimization: one step per batch)."""
+
+    def __init__(self) -> None:
+        self.params: list[list[torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.params.append([p.detach().clone() for p in pl_module.parameters()])
+
+
+class LSTMRegressor(pl.LightningModule):
+    def __init__(
+        self, lr: float = 0.05, optimizer: str = "sgd", nan_batches: tuple[int, ...] = (), scale=30.0
+    ):
+        super().__init__()
+        self.rnn = nn.LSTM(3, 8, batch_first=True)
+        self.head = nn.Linear(8, 1)
+        self.lr, self.opt_name, self.nan_batches, self.scale = lr, optimizer, set(nan_batches), scale
+
+    def loss(self, x, y):
+        h, _ = self.rnn(x)  # (N, L, H)
+        return ((self.head(h[:, -1]) - y) ** 2).mean() * self.scale
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(*batch)
+        if batch_idx in self.nan_batches:
+            loss = loss * float("nan")
+        return loss
+
+    def configure_optimizers(self):
+        if self.opt_name == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class ManualLSTM(LSTMRegressor):
+    """Manual optimization with two optimizer steps per batch, like TBPTT chunks."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        for chunk in (x[:, :3], x[:, 3:]):  # (N, 3, 3) each
+            loss = self.loss(chunk, y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+
+class MLP(LSTMRegressor):
+    """fp16 autocast on CPU has no LSTM kernel: a Linear-only model for the GradScaler test."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.rnn = nn.Sequential(nn.Flatten(), nn.Linear(18, 8), nn.Tanh())
+
+    def loss(self, x, y):
+        return ((self.head(self.rnn(x)) - y) ** 2).mean() * self.scale
+
+
+def _data(n: int = 64, batch_size: int = 8, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, 3, generator=g)  # (N, L, 3)
+    y = torch.randn(n, 1, generator=g) * 3
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def _trainer(callbacks, **kwargs) -> pl.Trainer:
+    kw = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    kw.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **kw)
+
+
+def _fit(cb, model=None, probes=True, **kwargs):
+    torch.manual_seed(0)
+    model = model if model is not None else LSTMRegressor()
+    pre, post, after = Probe(), Probe(), AfterStep()
+    callbacks = [pre, cb, post, after] if probes else [cb]
+    trainer = _trainer(callbacks, **kwargs)
+    trainer.fit(model, _data())
+    return trainer, model, pre, post, after
+
+
+def _expected_autoclip(norms: list[float], q: float) -> list[float]:
+    return [float(np.percentile(norms[: i + 1], 100 * q)) for i in range(len(norms))]
+
+
+# ----------------------------------------------------------------------------- construction
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"mode": "median"}, ValueError, r"one of \('quantile', 'zscore', 'agc'\)"),
+        ({"quantile": 0.0}, ValueError, "quantile in"),
+        ({"quantile": 1.01}, ValueError, "quantile in"),
+        ({"window": 0}, ValueError, "window"),
+        ({"warmup_steps": -1}, ValueError, "warmup_steps"),
+        ({"alpha": 1.0}, ValueError, "alpha"),
+        ({"alpha": 0.0}, ValueError, "alpha"),
+        ({"z_threshold": 0.0}, ValueError, "z_threshold"),
+        ({"agc_lambda": 0.0}, ValueError, "agc_lambda"),
+        ({"agc_lambda": -1.0}, ValueError, "agc_lambda"),
+        ({"agc_eps": 0.0}, ValueError, "agc_eps"),
+        ({"agc_exclude": "head"}, TypeError, "agc_exclude"),
+        ({"max_norm": 0.0}, ValueError, "max_norm"),
+        ({"norm_type": 0.0}, ValueError, "norm_type"),
+        ({"max_nonfinite_steps": 0}, ValueError, "max_nonfinite_steps"),
+        ({"log_every_n_steps": 0}, ValueError, "log_every_n_steps"),
+    ],
+)
+def test_bad_arguments_raise_at_construction(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        AdaptiveGradientClipping(**kwargs)
+
+
+def test_state_keys_distinguish_instances():
+    keys = {
+        AdaptiveGradientClipping("quantile").state_key,
+        AdaptiveGradientClipping("quantile", quantile=0.2).state_key,
+        AdaptiveGradientClipping("zscore").state_key,
+        AdaptiveGradientClipping("agc").state_key,
+    }
+    assert len(keys) == 4
+
+
+# ----------------------------------------------------------------------------- automatic optimization
+def test_automatic_clips_once_to_autoclip_threshold():
+    cb = AdaptiveGradientClipping("quantile", quantile=0.5, log_every_n_steps=4)
+    trainer, model, pre, post, after = _fit(cb)
+    n = len(pre.norms)
+    assert n == 8
+    thresholds = _expected_autoclip(pre.norms, 0.5)
+    clipped = 0
+    for i in range(n):
+        if pre.norms[i] > thresholds[i] * (1 + 1e-6):
+            clipped += 1
+            assert post.norms[i] == pytest.approx(thresholds[i], rel=1e-5)
+            for g0, g1 in zip(pre.grads[i], post.grads[i]):  # same direction, scaled
+                torch.testing.assert_close(g1, g0 * (thresholds[i] / pre.norms[i]), rtol=1e-5, atol=1e-7)
+        else:
+            assert post.norms[i] == pytest.approx(pre.norms[i], rel=1e-6)
+    assert clipped >= 2
+    # Clipping happens once: SGD moved every parameter by exactly -lr * (the callback's clipped gradient).
+    for i in range(n):
+        for p0, g, p1 in zip(post.params[i], post.grads[i], after.params[i]):
+            torch.testing.assert_close(p1, p0 - model.lr * g, rtol=1e-5, atol=1e-6)
+    # Logged values: the last step's norm / threshold, the clipped fraction over the last 4 steps.
+    metrics = trainer.callback_metrics
+    assert float(metrics["grad_clip/norm"]) == pytest.approx(pre.norms[-1], rel=1e-5)
+    assert float(metrics["grad_clip/threshold"]) == pytest.approx(thresholds[-1], rel=1e-5)
+    last4 = [pre.norms[i] > thresholds[i] * (1 + 1e-6) for i in range(n - 4, n)]
+    assert float(metrics["grad_clip/clipped"]) == pytest.approx(sum(last4) / 4)
+    assert float(metrics["grad_clip/nonfinite_steps"]) == 0.0
+    assert cb.state_dict()["optimizers"][0]["clipped_steps"] == clipped
+
+
+def test_zscore_mode_in_trainer_and_max_norm_ceiling():
+    cb = AdaptiveGradientClipping("zscore", warmup_steps=3, z_threshold=1.0, alpha=0.9, max_norm=50.0)
+    _, _, pre, post, _ = _fit(cb, model=LSTMRegressor(scale=100.0))
+    # Warm-up: only the ceiling applies.
+    for i in range(3):
+        assert post.norms[i] == pytest.approx(min(pre.norms[i], 50.0), rel=1e-5)
+    assert max(post.norms) <= 50.0 * (1 + 1e-5)
+    assert any(p > 50.0 for p in pre.norms)
+
+
+def test_agc_mode_leaves_output_layer_alone_and_clips_unitwise():
+    cb = AdaptiveGradientClipping("agc", agc_lambda=0.01)
+    _, model, pre, post, _ = _fit(cb)
+    names = [n for n, _ in model.named_parameters()]
+    n_clipped_units = 0
+    for i in range(len(pre.grads)):
+        for name, w, g0, g1 in zip(names, pre.params[i], pre.grads[i], post.grads[i]):
+            if name.startswith("head."):
+                torch.testing.assert_close(g1, g0)  # output layer excluded by default
+                continue
+            # Reference, one output unit (row) at a time.
+            rows_w = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
+            rows_g = g0.reshape(rows_w.shape)
+            rows_out = g1.reshape(rows_w.shape)
+            for rw, rg, ro in zip(rows_w, rows_g, rows_out):
+                limit = 0.01 * max(float(rw.norm()), 1e-3)
+                if float(rg.norm()) > limit:
+                    n_clipped_units += 1
+                    torch.testing.assert_close(ro, rg * (limit / float(rg.norm())), rtol=1e-5, atol=1e-8)
+                else:
+                    torch.testing.assert_close(ro, rg)
+    assert n_clipped_units > 0
+
+
+def test_agc_exclude_prefixes():
+    cb = AdaptiveGradientClipping("agc", agc_lambda=0.01, agc_exclude=["rnn.weight_hh"])
+    _, model, pre, post, _ = _fit(cb)
+    names = [n for n, _ in model.named_parameters()]
+    changed = {
+        n: any(not torch.equal(pre.grads[i][k], post.grads[i][k]) for i in range(len(pre.grads)))
+        for k, n in enumerate(names)
+    }
+    assert not changed["rnn.weight_hh_l0"]
+    assert changed["head.weight"]
+
+
+# ----------------------------------------------------------------------------- manual optimization
+def test_manual_optimization_clips_every_step():
+    cb = AdaptiveGradientClipping("quantile", quantile=0.3)
+    trainer, _, pre, post, _ = _fit(cb, model=ManualLSTM())
+    assert len(pre.norms) == 16  # two optimizer steps per batch, all seen by the callback
+    assert trainer.global_step == 16
+    thresholds = _expected_autoclip(pre.norms, 0.3)
+    n_clipped = 0
+    for a, b, t in zip(pre.norms, post.norms, thresholds):
+        if a > t * (1 + 1e-6):
+            n_clipped += 1
+            assert b == pytest.approx(t, rel=1e-5)
+        else:
+            assert b == pytest.approx(a, rel=1e-6)
+    assert n_clipped >= 4
+    assert "grad_clip/threshold" in trainer.callback_metrics  # logging works from inside opt.step()
+
+
+# ----------------------------------------------------------------------------- precision
+def test_bf16_mixed_autocast():
+    cb = AdaptiveGradientClipping("quantile", quantile=0.5)
+    _, _, pre, post, _ = _fit(cb, precision="bf16-mixed")
+    thresholds = _expected_autoclip(pre.norms, 0.5)
+    assert all(math.isfinite(x) for x in pre.norms)
+    for a, b, t in zip(pre.norms, post.norms, thresholds):
+        assert b == pytest.approx(min(a, t), rel=1e-4)
+
+
+def test_fp16_grad_scaler_gradients_are_unscaled_before_the_callback():
+    # 16-mixed with a GradScaler on CPU: Lightning turns precision="16-mixed" into bf16 on CPU, so pass the plugin.
+    cb32 = AdaptiveGradientClipping("quantile", quantile=0.5)
+    torch.manual_seed(0)
+    _fit(cb32, model=MLP(scale=1.0), probes=False)
+    cb16 = AdaptiveGradientClipping("quantile", quantile=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    torch.manual_seed(0)
+    _, _, pre, post, _ = _fit(
+        cb16, model=MLP(scale=1.0), plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)]
+    )
+    h32 = cb32.state_dict()["optimizers"][0]["rule"]["history"]
+    h16 = cb16.state_dict()["optimizers"][0]["rule"]["history"]
+    assert len(h16) == len(h32) == 8
+    # Unscaled: fp16 norms match fp32 to fp16 precision, not 4096x larger.
+    np.testing.assert_allclose(h16, h32, rtol=2e-2)
+    for a, b, t in zip(pre.norms, post.norms, _expected_autoclip(pre.norms, 0.5)):
+        assert b == pytest.approx(min(a, t), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- non-finite gradients
+def test_nan_step_is_skipped_and_history_unchanged():
+    cb = AdaptiveGradientClipping("quantile", quantile=0.5)
+    _, model, pre, post, after = _fit(cb, model=LSTMRegressor(optimizer="adam", lr=0.01, nan_batches=(3,)))
+    assert math.isnan(pre.norms[3])
+    assert all(g is None for g in post.grads[3])  # grads dropped: Adam skips them (no momentum step)
+    for p0, p1 in zip(after.params[2], after.params[3]):
+        assert torch.equal(p0, p1)
+    for p0, p1 in zip(after.params[3], after.params[4]):
+        assert not torch.equal(p0, p1)
+    state = cb.state_dict()["optimizers"][0]
+    finite = [x for i, x in enumerate(pre.norms) if i != 3]
+    np.testing.assert_allclose(state["rule"]["history"], finite, rtol=1e-5)
+    assert state["nonfinite_steps"] == 1
+    assert state["consecutive_nonfinite"] == 0
+    assert state["steps"] == 7
+
+
+def test_consecutive_nonfinite_steps_stop_training():
+    cb = AdaptiveGradientClipping("quantile", max_nonfinite_steps=3)
+    torch.manual_seed(0)
+    trainer = _trainer([cb])
+    with pytest.raises(NonFiniteGradientError, match=r"non-finite \(nan\) for 3 consecutive") as info:
+        trainer.fit(LSTMRegressor(nan_batches=(2, 3, 4)), _data())
+    assert info.value.count == 3
+    # Skipped steps still count as optimizer steps for Lightning: it raised at the 5th (index 4), batch 4.
+    assert info.value.step == 4
+    assert math.isnan(info.value.norm)
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_non_consecutive_nonfinite_steps_do_not_stop_training():
+    cb = AdaptiveGradientClipping("zscore", warmup_steps=2, max_nonfinite_steps=2)
+    trainer, *_ = _fit(cb, model=LSTMRegressor(nan_batches=(1, 3, 5)), probes=False)
+    assert trainer.global_step == 8  # ran to the end; skipped steps count as optimizer steps for Lightning
+    state = cb.state_dict()["optimizers"][0]
+    assert (state["steps"], state["nonfinite_steps"]) == (5, 3)
+
+
+# ----------------------------------------------------------------------------- conflicts
+def test_refuses_trainer_gradient_clip_val():
+    with pytest.raises(ValueError, match=r"Trainer\(gradient_clip_val=1.0\).*clipped twice"):
+        _trainer([AdaptiveGradientClipping()], gradient_clip_val=1.0).fit(LSTMRegressor(), _data())
+
+
+def test_refuses_module_level_fixed_clip():
+    model = LSTMRegressor()
+    model.gradient_clip_val = 0.5
+    with pytest.raises(ValueError, match=r"gradient_clip_val=0.5.*clipped twice"):
+        _trainer([AdaptiveGradientClipping()]).fit(model, _data())
+
+
+# ----------------------------------------------------------------------------- checkpointing
+@pytest.mark.parametrize("mode", ["quantile", "zscore"])
+def test_checkpoint_resume_restores_state_exactly(tmp_path, mode):
+    kwargs = {"warmup_steps": 3} if mode == "zscore" else {"quantile": 0.3, "window": 5}
+    # Uninterrupted: 2 epochs.
+    full = AdaptiveGradientClipping(mode, **kwargs)
+    torch.manual_seed(0)
+    _trainer([full], max_epochs=2).fit(LSTMRegressor(), _data())
+    # Interrupted: 1 epoch, checkpoint, resume to 2 epochs with a fresh callback.
+    first = AdaptiveGradientClipping(mode, **kwargs)
+    torch.manual_seed(0)
+    t1 = _trainer([first], max_epochs=1)
+    t1.fit(LSTMRegressor(), _data())
+    ckpt = tmp_path / "clip.ckpt"
+    t1.save_checkpoint(ckpt)
+    # Loading alone restores the state exactly.
+    loaded = AdaptiveGradientClipping(mode, **kwargs)
+    _trainer([loaded], max_epochs=1).fit(LSTMRegressor(), _data(), ckpt_path=ckpt)
+    assert loaded.state_dict() == first.state_dict()
+    # Resuming continues exactly like the uninterrupted run.
+    resumed = AdaptiveGradientClipping(mode, **kwargs)
+    _trainer([resumed], max_epochs=2).fit(LSTMRegressor(), _data(), ckpt_path=ckpt)
+    a, b = resumed.state_dict(), full.state_dict()
+    assert a.keys() == b.keys()
+    sa, sb = a["optimizers"][0], b["optimizers"][0]
+    for key in ("steps", "clipped_steps", "nonfinite_steps", "recent_clipped"):
+        assert sa[key] == sb[key]
+    for key, value in sb["rule"].items():
+        np.testing.assert_allclose(
+            np.asarray(sa["rule"][key], dtype=float), np.asarray(value, dtype=float), rtol=1e-6
+        )
+
+
+def test_load_state_dict_tolerates_missing_keys_and_rejects_other_mode():
+    cb = AdaptiveGradientClipping("zscore")
+    cb.load_state_dict({"optimizers": {0: {}}})
+    assert cb.state_dict()["optimizers"][0]["steps"] == 0
+    with pytest.raises(ValueError, match="mode 'zscore'"):
+        AdaptiveGradientClipping("quantile").load_state_dict(cb.state_dict())
+
+
+# ----------------------------------------------------------------------------- DDP
+def _run_ddp(tmp_path: Path, steps: int) -> list[dict]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "_ddp_clip_script.py"), str(tmp_path), str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_ddp_two_processes_same_thresholds_and_params(tmp_path):
+    r0, r1 = _run_ddp(tmp_path, steps=6)
+    assert len(r0["thresholds"]) == len(r1["thresholds"]) == 6
+    assert r0["thresholds"] == r1["thresholds"]  # bit for bit, every step
+    assert r0["norms"] == r1["norms"]
+    assert r0["state"] == r1["state"]
+    assert r0["params"] == r1["params"]
+    assert any(r0["clipped"])
+    # Each rank saw different data before the all-reduce (otherwise the test proves nothing).
+    assert r0["local_loss"] != r1["local_loss"]
