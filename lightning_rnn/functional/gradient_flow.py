@@ -6,7 +6,11 @@ whose ``step_states[t]`` is the very tensor fed into step t+1) and the loss at e
 
     G(k) = mean over target positions t >= k and batch rows r of ‖∂L_{t,r} / ∂h_{t−k,r}‖,   k = 0..K
 
-where h is the full state (every layer; h and c for an LSTM), and, optionally, the same per layer. The
+where h_s is the full recurrent state after step s — every layer's h, and c for an LSTM: the state S_s
+that step s+1 receives — and, optionally, the same per layer. Derivatives are taken with respect to the
+coordinates of S_s (each layer's state as an independent input of step s+1), i.e. along the recurrent
+edge: for k >= 1 that is the product of the per-step Jacobians ∂S_{s+1}/∂S_s (Pascanu et al.'s
+quantity); at k = 0 only the coordinates the loss reads (the top layer's h) get gradient. The
 normalised curve G(k)/G(0) and the *gradient horizon* — the smallest lag k with G(k)/G(0) < ε — say how
 far back the loss can still teach the network (Pascanu et al. 2013; Aicher et al. 2019 choose a
 truncation length from it).
@@ -91,7 +95,8 @@ class GradientFlowResult:
         target_positions: the target positions t used.
         per_layer: ``(num_layers, K+1)`` the same curve for each layer's state alone (h and c together),
             or None when not requested.
-        per_layer_normalized: ``(num_layers, K+1)`` each layer's curve over its own lag-0 value, or None.
+        per_layer_normalized: ``(num_layers, K+1)`` each layer's curve over the full-state G(0) (a layer
+            below the top gets no gradient at lag 0: the loss at t reads S_t through the top layer), or None.
     """
 
     curve: Tensor
@@ -229,14 +234,15 @@ def per_lag_gradient_norms(
         raise ValueError(f"Expected {length} step states (one per column of step_losses), got {len(step_states)}")
     if isinstance(max_lag, bool) or not isinstance(max_lag, int) or not 1 <= max_lag <= length - 1:
         raise ValueError(f"Expected max_lag an int in [1, L - 1] = [1, {length - 1}], got {max_lag!r}")
-    states = [[_as_layers(c, n) for c in _components(s)] for s in step_states]  # [t][component] (Ly, N, H)
+    states = [_components(s) for s in step_states]  # [t][component], the tensors autograd knows
+    shapes = [_as_layers(c, n).shape for c in states[0]]  # each component as (Ly, N, H')
     if not all(c.requires_grad for c in states[0]):
         raise ValueError(
             "Expected step_states with autograd attached (requires_grad=True): run the probe under "
             "torch.enable_grad() with parameters that require grad"
         )
-    num_layers = states[0][0].shape[0]
-    if per_layer and any(c.shape[0] != num_layers for c in states[0]):
+    num_layers = shapes[0][0]
+    if per_layer and any(shape[0] != num_layers for shape in shapes):
         raise ValueError(f"Expected every state component to have {num_layers} layers for per_layer=True")
     if target_positions is None:
         targets = select_target_positions(length, max_lag, num_targets)
@@ -267,7 +273,7 @@ def per_lag_gradient_norms(
         sq = torch.zeros(steps, num_layers, n, dtype=torch.float64, device=device)
         for i, g in enumerate(grads):
             if g is not None:
-                g2 = g.detach().double().pow(2).sum(-1)  # (Ly, N)
+                g2 = _as_layers(g.detach(), n).double().pow(2).sum(-1)  # (Ly, N)
                 if g2.shape[0] == num_layers:
                     sq[i // per_comp] += g2
                 else:  # a component with a different layer count: only counts in the full-state norm
@@ -285,7 +291,7 @@ def per_lag_gradient_norms(
     pl = pln = None
     if per_layer:
         pl = (layer_total / counts).float()  # (Ly, K+1)
-        pln = pl / pl[:, :1].where(pl[:, :1] > 0, torch.full_like(pl[:, :1], math.nan))
+        pln = pl / curve[0] if float(curve[0]) > 0 else torch.full_like(pl, math.nan)
     return GradientFlowResult(
         curve=curve, normalized=normalized, horizon=horizon, eps=float(eps), counts=counts.long(),
         target_positions=tuple(targets), per_layer=pl, per_layer_normalized=pln,
