@@ -425,3 +425,62 @@ def test_ddp_two_processes_same_thresholds_and_params(tmp_path):
     assert any(r0["clipped"])
     # Each rank saw different data before the all-reduce (otherwise the test proves nothing).
     assert r0["local_loss"] != r1["local_loss"]
+
+
+# ----------------------------------------------------------------------------- TBPTT modules
+def _tbptt_model(**kwargs):
+    from lightning_rnn import TBPTTModule, TBPTTStep
+
+    class ChunkRegressor(TBPTTModule):
+        def __init__(self):
+            super().__init__(tbptt_steps=5, **kwargs)
+            self.rnn = nn.LSTM(3, 8, batch_first=True)
+            self.head = nn.Linear(8, 1)
+
+        def tbptt_step(self, chunk, state):
+            x, y = chunk  # (N, 5, 3), (N, 5, 1)
+            out, state = self.rnn(x, state)  # (N, 5, 8)
+            return TBPTTStep(nn.functional.mse_loss(self.head(out), y) * 30.0, state)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return ChunkRegressor()
+
+
+def _tbptt_data() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 20, 3, generator=g)  # (N, L, 3)
+    return DataLoader(TensorDataset(x, x.cumsum(1)[..., :1]), batch_size=8)
+
+
+def test_tbptt_module_every_chunk_step_is_clipped():
+    cb = AdaptiveGradientClipping("quantile", quantile=0.5)
+    pre, post = Probe(), Probe()
+    torch.manual_seed(0)
+    trainer = _trainer([pre, cb, post])
+    trainer.fit(_tbptt_model(), _tbptt_data())
+    assert len(pre.norms) == 8  # 2 batches x 4 chunks of 5 steps
+    for a, b, t in zip(pre.norms, post.norms, _expected_autoclip(pre.norms, 0.5)):
+        assert b == pytest.approx(min(a, t), rel=1e-5)
+    assert any(a > b * (1 + 1e-5) for a, b in zip(pre.norms, post.norms))
+
+
+def test_tbptt_module_with_trainer_clip_is_refused():
+    # The TBPTT engine moves Trainer(gradient_clip_val) onto the module; the callback must still refuse it.
+    with pytest.raises(ValueError, match="clipped twice"):
+        _trainer([AdaptiveGradientClipping()], gradient_clip_val=1.0).fit(_tbptt_model(), _tbptt_data())
+
+
+def test_fp16_scaler_initial_overflows_are_tolerated_but_counted():
+    # GradScaler starts at 2**16 and halves per overflow: before the first finite step those skipped steps are
+    # its search for a scale, not a failure, even with max_nonfinite_steps=2.
+    cb = AdaptiveGradientClipping("quantile", max_nonfinite_steps=2)
+    torch.manual_seed(0)
+    model = MLP(scale=100.0, lr=1e-4)  # a stable run: only the scaler's initial overflows
+    trainer = _trainer([cb], plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))])
+    trainer.fit(model, _data(n=160))
+    state = cb.state_dict()["optimizers"][0]
+    assert state["nonfinite_steps"] >= 3
+    assert state["steps"] >= 1
+    assert state["steps"] + state["nonfinite_steps"] == 20

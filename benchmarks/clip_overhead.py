@@ -1,0 +1,150 @@
+"""Per-step cost of AdaptiveGradientClipping on a 2x512 LSTM language-model step inside Trainer.fit.
+
+Two measurements, one run, configurations interleaved (round-robin short fits), medians:
+
+* step time (on_train_batch_start -> on_train_batch_end) with the callback vs without: the ratio a user sees;
+* the callback's own hook time (``on_before_optimizer_step``, timed around the call, logging included) as a
+  fraction of the step time without the callback: the same quantity without the noise of two medians.
+
+Usage:
+    python benchmarks/clip_overhead.py            # 4 rounds x 12 steps per configuration, ~1-2 min on 2 cores
+    python benchmarks/clip_overhead.py --quick    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_rnn.callbacks import AdaptiveGradientClipping  # noqa: E402
+
+VOCAB = 256
+
+
+class LSTMLM(pl.LightningModule):
+    def __init__(self, hidden: int = 512, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, hidden)
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers, batch_first=True)
+        self.out = nn.Linear(hidden, VOCAB)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch  # (N, L), (N, L)
+        h, _ = self.lstm(self.embed(x))  # (N, L, H)
+        return nn.functional.cross_entropy(self.out(h).flatten(0, 1), y.flatten())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class StepTimer(pl.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._t0)
+
+
+class TimedClip(AdaptiveGradientClipping):
+    """The callback with its hook timed (the timing itself costs two perf_counter calls)."""
+
+    hook_times: list[float]
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        t0 = time.perf_counter()
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        self.hook_times.append(time.perf_counter() - t0)
+
+
+def fit_once(
+    clip: TimedClip | None, steps: int, batch: int, length: int, seed: int
+) -> tuple[list[float], list[float]]:
+    torch.manual_seed(seed)
+    x = torch.randint(0, VOCAB, (steps * batch, length))
+    data = DataLoader(TensorDataset(x, x.roll(-1, dims=1)), batch_size=batch)
+    timer = StepTimer()
+    callbacks: list[pl.Callback] = [timer]
+    if clip is not None:
+        clip.hook_times = []
+        callbacks.append(clip)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(LSTMLM(), data)
+    skip = 2  # warm-up steps (allocator, oneDNN primitive creation)
+    return timer.times[skip:], (clip.hook_times[skip:] if clip is not None else [])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=None)
+    args = parser.parse_args()
+    rounds = args.rounds or (1 if args.quick else 4)
+    steps = args.steps or (4 if args.quick else 12)
+    length = args.length or (16 if args.quick else 64)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    configs: dict[str, TimedClip | None] = {
+        "no callback": None,
+        "quantile": TimedClip("quantile"),
+        "zscore": TimedClip("zscore"),
+        "agc": TimedClip("agc"),
+    }
+    step_times: dict[str, list[float]] = {k: [] for k in configs}
+    hook_times: dict[str, list[float]] = {k: [] for k in configs}
+    for r in range(rounds):
+        for name, clip in configs.items():  # interleaved: every round runs every configuration
+            if clip is not None:  # a fresh callback per fit, same configuration
+                clip = configs[name] = TimedClip(clip.mode)
+            s, h = fit_once(clip, steps + 2, args.batch, length, seed=r)
+            step_times[name] += s
+            hook_times[name] += h
+
+    base = statistics.median(step_times["no callback"])
+    print(
+        f"2x512 LSTM LM (vocab {VOCAB}), batch {args.batch} x length {length}, SGD, CPU threads "
+        f"{torch.get_num_threads()}; {rounds} rounds x {steps} steps per configuration, medians"
+    )
+    print(f"step time without callback: {base * 1e3:.1f} ms\n")
+    print("| configuration | step time (ms) | step ratio vs none | hook time (ms) | hook / step |")
+    print("|---|---|---|---|---|")
+    for name in configs:
+        med = statistics.median(step_times[name])
+        if name == "no callback":
+            print(f"| {name} | {med * 1e3:.1f} | 1.000 | - | - |")
+            continue
+        hook = statistics.median(hook_times[name])
+        print(f"| {name} | {med * 1e3:.1f} | {med / base:.3f} | {hook * 1e3:.3f} | {hook / base:.2%} |")
+
+
+if __name__ == "__main__":
+    main()
