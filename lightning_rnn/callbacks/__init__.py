@@ -1,6 +1,9 @@
 """lightning_rnn.callbacks."""
 
 from lightning_rnn.callbacks.adaptive_clipping import AdaptiveGradientClipping, NonFiniteGradientError
+from lightning_rnn.callbacks.gradient_flow import GradientFlowMonitor
+from lightning_rnn.callbacks.spectral_norm import SpectralNormMonitor
 
 __all__: list[str] = []
 __all__ += ["AdaptiveGradientClipping", "NonFiniteGradientError"]
+__all__ += ["GradientFlowMonitor", "SpectralNormMonitor"]

@@ -1,0 +1,288 @@
+"""GradientFlowMonitor: per-lag gradient norms ‖∂L_t/∂h_{t−k}‖ and the gradient horizon while training."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from typing_extensions import override
+
+from lightning_rnn.callbacks._plotting import lag_step_heatmap
+from lightning_rnn.functional.gradient_flow import (
+    GradientFlowResult,
+    SupportsGradientFlowProbe,
+    per_lag_gradient_norms,
+)
+
+__all__ = ["GradientFlowMonitor"]
+
+_DEFAULT_LOG_LAGS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _logger_step(trainer: Trainer) -> int:
+    """The step Lightning itself logs training metrics at (what ``LearningRateMonitor`` uses)."""
+    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
+class GradientFlowMonitor(Callback):
+    r"""Measure how much gradient survives k steps back, and log it while training.
+
+    Every ``every_n_steps`` optimizer steps (``trainer.global_step``; a truncated-BPTT module makes several
+    per batch; also at the first training batch) it runs a *probe*: the LightningModule's
+    ``gradient_flow_probe(batch, max_steps)`` (see
+    :class:`~lightning_rnn.functional.gradient_flow.SupportsGradientFlowProbe`; every
+    ``lightning_rnn`` module has it) unrolls the model step by step over the same parameters and returns
+    the per-step states and per-step losses; :func:`~lightning_rnn.functional.per_lag_gradient_norms`
+    turns them into G(k) = mean ‖∂L_t/∂h_{t−k}‖, k = 0..K. It logs to every logger of the Trainer:
+
+    - ``gradient_flow/lag_<k>``: G(k)/G(0) for each k in ``log_lags`` that is <= K;
+    - ``gradient_flow/horizon``: the smallest k with G(k)/G(0) < ``eps``; ``K + 1`` when no lag up to K
+      is below (the horizon is then "> K"); ``gradient_flow/max_lag``: K; ``gradient_flow/g0``: G(0);
+    - with ``per_layer=True``: ``gradient_flow/layer_<l>/lag_<k>`` (layer l's share, over the full G(0));
+    - with a :class:`~lightning.pytorch.loggers.WandbLogger`: the whole curve as a W&B line plot
+      (``gradient_flow/curve``, from a ``wandb.Table`` of lag, G(k)/G(0), G(k)).
+
+    At the end of every training epoch and at the end of training it draws a lag × step heatmap of
+    log10 G(k)/G(0) over all probes so far — gradients vanishing (dark bands creeping down) or exploding
+    over training — and logs it as an image to W&B (``gradient_flow/heatmap``) and TensorBoard, and
+    always saves it as a PNG: ``<trainer.log_dir>/gradient_flow/heatmap_epoch=<e>.png`` and
+    ``.../heatmap.png`` at the end. The history behind it is in ``state_dict`` (it survives a resume).
+
+    The probe batch is the current training batch (its first ``max_lag + num_targets`` steps; the module
+    slices time itself), or ``probe_batch`` when given (fixed, moved to the module's device). The probe
+    runs in eval mode (**dropout off**; each submodule's mode is restored afterwards), under
+    ``torch.enable_grad()``, with the RNG state forked and restored, and differentiates with respect to
+    the states only: the training step's gradients, parameters' ``.grad`` and random stream are untouched
+    (a run with and without the monitor has the same loss trajectory). It uses the unrolled step-by-step
+    forward for the probe only; training keeps its fused kernel. It runs on global rank 0 only.
+
+    Args:
+        every_n_steps: probe every this many optimizer steps.
+        max_lag: K, the largest lag; None: the probe length - 1 (the module's first chunk). If the probe
+            is shorter than ``max_lag + 1`` steps, K is clamped to its length - 1 with a warning (once).
+        eps: horizon threshold on G(k)/G(0), in (0, 1).
+        num_targets: target positions per probe (one backward pass each); None: every position.
+        probe_batch: a fixed batch to probe instead of the current training batch.
+        log_lags: the lags logged as scalars.
+        per_layer: also log each layer's curve.
+        heatmap: draw and log the lag × step heatmap.
+
+    Raises:
+        ValueError: bad arguments (here).
+        TypeError: the LightningModule has no ``gradient_flow_probe`` method (at ``setup``).
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(callbacks=[GradientFlowMonitor(every_n_steps=200, max_lag=32)], logger=False)
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 200,
+        max_lag: int | None = None,
+        eps: float = 1e-2,
+        num_targets: int | None = 8,
+        probe_batch: Any = None,
+        log_lags: Sequence[int] = _DEFAULT_LOG_LAGS,
+        per_layer: bool = False,
+        heatmap: bool = True,
+    ) -> None:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"Expected every_n_steps to be a positive int, got {every_n_steps!r}")
+        if max_lag is not None and (isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 1):
+            raise ValueError(f"Expected max_lag to be an int >= 1 or None, got {max_lag!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < float(eps) < 1.0:
+            raise ValueError(f"Expected eps in the open interval (0, 1), got {eps!r}")
+        if num_targets is not None and (
+            isinstance(num_targets, bool) or not isinstance(num_targets, int) or num_targets < 1
+        ):
+            raise ValueError(f"Expected num_targets to be an int >= 1 or None, got {num_targets!r}")
+        lags = list(log_lags)
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in lags):
+            raise ValueError(f"Expected log_lags to be non-negative ints, got {log_lags!r}")
+        self.every_n_steps = every_n_steps
+        self.max_lag = max_lag
+        self.eps = float(eps)
+        self.num_targets = num_targets
+        self.probe_batch = probe_batch
+        self.log_lags = tuple(sorted(set(lags)))
+        self.per_layer = bool(per_layer)
+        self.heatmap = bool(heatmap)
+        self.history: list[dict[str, Any]] = []  #: one entry per probe: step, normalized curve, g0, horizon
+        self.last: GradientFlowResult | None = None  #: the latest probe's result
+        self._last_bucket: int | None = None
+        self._clamp_warned = False
+        self._g0_warned = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps, max_lag=self.max_lag)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "gradient_flow_probe", None)):
+            raise TypeError(
+                f"Expected a LightningModule with a `gradient_flow_probe(batch, max_steps=None) -> (step_states, "
+                f"step_losses)` method for GradientFlowMonitor, got {type(pl_module).__name__} without one. "
+                "Subclass a lightning_rnn module (TBPTTModule, RNNLanguageModel, ...) or implement the method: "
+                "see lightning_rnn.functional.gradient_flow.SupportsGradientFlowProbe"
+            )
+
+    # ------------------------------------------------------------------ probing
+    def _due(self, trainer: Trainer) -> bool:
+        bucket = trainer.global_step // self.every_n_steps
+        if self._last_bucket is not None and bucket <= self._last_bucket:
+            return False
+        self._last_bucket = bucket
+        return True
+
+    def probe(self, pl_module: LightningModule, batch: Any) -> GradientFlowResult | None:
+        """Run one probe on ``batch`` (dropout off, RNG and modes restored) and return its result.
+
+        Returns None (with a warning) when the probe is shorter than 2 steps.
+        """
+        module: SupportsGradientFlowProbe = pl_module  # type: ignore[assignment]
+        max_steps = None if self.max_lag is None else self.max_lag + (self.num_targets or 1)
+        modes = [(m, m.training) for m in pl_module.modules()]
+        device = pl_module.device
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+                pl_module.eval()
+                step_states, step_losses = module.gradient_flow_probe(batch, max_steps=max_steps)
+                length = int(step_losses.shape[1]) if step_losses.dim() == 2 else -1
+                if length < 2:
+                    rank_zero_warn(
+                        f"GradientFlowMonitor: skipped a probe of {length} step(s); expected step_losses of shape "
+                        "(N, L) with L >= 2"
+                    )
+                    return None
+                max_lag = length - 1 if self.max_lag is None else self.max_lag
+                if max_lag > length - 1:
+                    if not self._clamp_warned:
+                        self._clamp_warned = True
+                        rank_zero_warn(
+                            f"GradientFlowMonitor: the probe has {length} steps, fewer than max_lag + 1 = "
+                            f"{max_lag + 1}; measuring lags up to {length - 1} instead (warned once). Use a "
+                            "longer probe_batch or a smaller max_lag."
+                        )
+                    max_lag = length - 1
+                return per_lag_gradient_norms(
+                    step_states, step_losses.float(), max_lag, num_targets=self.num_targets, eps=self.eps,
+                    per_layer=self.per_layer,
+                )
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._due(trainer) or not trainer.is_global_zero:
+            return
+        source = batch if self.probe_batch is None else move_data_to_device(self.probe_batch, pl_module.device)
+        res = self.probe(pl_module, source)
+        if res is None:
+            return
+        self.last = res
+        k_max = res.max_lag
+        horizon = res.horizon
+        normalized = res.normalized.tolist()
+        self.history.append({
+            "step": int(trainer.global_step),
+            "curve": normalized,
+            "g0": float(res.curve[0]),
+            "horizon": horizon,
+        })
+        if not math.isfinite(normalized[0]) and not self._g0_warned:
+            self._g0_warned = True
+            rank_zero_warn(
+                "GradientFlowMonitor: G(0) = ‖∂L_t/∂h_t‖ is zero or not finite, so G(k)/G(0) is undefined. The "
+                "probe's loss at t must be computed from step_states[t] (see SupportsGradientFlowProbe). "
+                "Warned once."
+            )
+        metrics: dict[str, float] = {
+            "gradient_flow/horizon": float(k_max + 1 if horizon is None else horizon),
+            "gradient_flow/max_lag": float(k_max),
+            "gradient_flow/g0": float(res.curve[0]),
+        }
+        for k in self.log_lags:
+            if k <= k_max:
+                metrics[f"gradient_flow/lag_{k}"] = normalized[k]
+        if res.per_layer_normalized is not None:
+            for layer, curve in enumerate(res.per_layer_normalized.tolist()):
+                for k in self.log_lags:
+                    if k <= k_max:
+                        metrics[f"gradient_flow/layer_{layer}/lag_{k}"] = curve[k]
+        step = _logger_step(trainer)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            if isinstance(logger, WandbLogger):
+                self._log_wandb_curve(logger, res, step)
+
+    @staticmethod
+    @rank_zero_only
+    def _log_wandb_curve(logger: WandbLogger, res: GradientFlowResult, step: int) -> None:
+        import wandb
+
+        rows = [[k, float(n), float(g)] for k, (n, g) in enumerate(zip(res.normalized.tolist(), res.curve.tolist()))]
+        table = wandb.Table(data=rows, columns=["lag", "G(k)/G(0)", "G(k)"])
+        plot = wandb.plot.line(table, "lag", "G(k)/G(0)", title="Gradient flow: G(k)/G(0) by lag")
+        logger.log_metrics({"gradient_flow/curve": plot}, step=step)  # type: ignore[dict-item]
+
+    # ------------------------------------------------------------------ heatmap
+    def _draw(self, trainer: Trainer, name: str) -> str | None:
+        if not self.heatmap:
+            return None
+        folder = trainer.log_dir or trainer.default_root_dir  # a broadcast: every rank must call it
+        if not self.history or not trainer.is_global_zero:
+            return None
+        path = os.path.join(folder, "gradient_flow", name)
+        lag_step_heatmap(
+            [h["step"] for h in self.history], [h["curve"] for h in self.history], path,
+            horizons=[h["horizon"] for h in self.history], eps=self.eps,
+        )
+        step = _logger_step(trainer)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="gradient_flow/heatmap", images=[path], step=step)
+            elif isinstance(logger, TensorBoardLogger):
+                self._log_tensorboard_image(logger, path, step)
+        return path
+
+    @staticmethod
+    @rank_zero_only
+    def _log_tensorboard_image(logger: TensorBoardLogger, path: str, step: int) -> None:
+        import matplotlib.image
+
+        img = matplotlib.image.imread(path)[..., :3]  # (H, W, 3) floats in [0, 1]
+        logger.experiment.add_image("gradient_flow/heatmap", img, global_step=step, dataformats="HWC")
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._draw(trainer, f"heatmap_epoch={trainer.current_epoch}.png")
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._draw(trainer, "heatmap.png")
+
+    # ------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history], "last_bucket": self._last_bucket}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", [])]
+        self._last_bucket = state_dict.get("last_bucket")

@@ -1,0 +1,71 @@
+"""A tiny LSTM language model with a gradient_flow_probe, for the diagnostics callback tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class TinyLSTMLM(pl.LightningModule):
+    """Embedding -> nn.LSTM (with inter-layer dropout) -> Linear; records its training losses.
+
+    ``gradient_flow_probe`` unrolls the same nn.LSTM on length-1 slices and computes the losses from the
+    returned states (top layer's h), as the protocol asks; with ``probe_uses_rng`` it also draws random
+    numbers, to check that the monitor forks the RNG.
+    """
+
+    def __init__(self, vocab: int = 12, hidden: int = 10, layers: int = 2, dropout: float = 0.3,
+                 probe_uses_rng: bool = True) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 6)
+        self.lstm = nn.LSTM(6, hidden, layers, batch_first=True, dropout=dropout)
+        self.head = nn.Linear(hidden, vocab)
+        self.probe_uses_rng = probe_uses_rng
+        self.losses: list[float] = []
+        self.probe_modes: list[bool] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out, _ = self.lstm(self.emb(x))
+        loss = F.cross_entropy(self.head(out).flatten(0, 1), y.flatten())
+        self.losses.append(loss.item())
+        self.log("train_loss", loss)
+        return loss
+
+    def gradient_flow_probe(self, batch: Any, max_steps: int | None = None):
+        x, y = batch
+        if max_steps is not None:
+            x, y = x[:, :max_steps], y[:, :max_steps]
+        self.probe_modes.append(self.training)
+        e = self.emb(x)  # (N, L, E)
+        if self.probe_uses_rng:
+            e = e + 0.0 * torch.rand_like(e)
+        state, states = None, []
+        for t in range(x.shape[1]):
+            _, state = self.lstm(e[:, t : t + 1], state)  # ((layers, N, H), (layers, N, H))
+            states.append(state)
+        top = torch.stack([s[0][-1] for s in states], 1)  # (N, L, H)
+        losses = F.cross_entropy(self.head(top).transpose(1, 2), y, reduction="none")  # (N, L)
+        return states, losses
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def token_loader(n: int = 8, length: int = 12, vocab: int = 12, batch_size: int = 4, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (n, length + 1), generator=g)
+    return DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def quiet_trainer(**kwargs: Any) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
+                    enable_checkpointing=False, logger=False, log_every_n_steps=1)
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
