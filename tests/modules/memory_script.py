@@ -11,6 +11,19 @@ import torch
 from lightning_rnn import RNNLanguageModel
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process image. VmHWM (Linux) is reset by exec, unlike ru_maxrss,
+    which keeps the parent's high-water mark across fork + exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     length, k = int(sys.argv[1]), None if sys.argv[2] == "none" else int(sys.argv[2])
     torch.set_num_threads(1)
@@ -28,7 +41,7 @@ def main() -> None:
         enable_model_summary=False,
     )
     trainer.fit(model, torch.utils.data.DataLoader([batch], batch_size=None))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mib())
 
 
 if __name__ == "__main__":
