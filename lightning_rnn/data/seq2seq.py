@@ -1,0 +1,121 @@
+"""Sequence-to-sequence batches: a padding collate with BOS/EOS, and a generated reversal task.
+
+Batch layout used by :class:`lightning_rnn.Seq2SeqAttention` (a dict with these keys, or the same four
+tensors as a tuple in this order)::
+
+    src          (N, S) long   source ids, padded with pad_id
+    src_lengths  (N,)   long   true source lengths (>= 1)
+    tgt_in       (N, T) long   [BOS, y_1, ..., y_m] padded with pad_id   (decoder input)
+    tgt_out      (N, T) long   [y_1, ..., y_m, EOS] padded with pad_id   (what is predicted)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["SPECIALS", "Seq2SeqCollate", "ReversalDataset", "seq2seq_collate"]
+
+#: default special ids used by the helpers here: PAD=0, BOS=1, EOS=2 (symbols start at 3)
+SPECIALS = {"pad": 0, "bos": 1, "eos": 2}
+
+
+def seq2seq_collate(
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    pad_id: int = 0,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    src_eos: bool = False,
+) -> dict[str, Tensor]:
+    """Pad a list of ``(source ids, target ids)`` pairs into a seq2seq batch.
+
+    Args:
+        pairs: token-id sequences without specials; every source must be non-empty.
+        pad_id / bos_id / eos_id: special ids.
+        src_eos: append EOS to every source too.
+
+    Returns:
+        dict with ``src`` (N, S), ``src_lengths`` (N,), ``tgt_in`` (N, T), ``tgt_out`` (N, T).
+
+    Example::
+
+        >>> b = seq2seq_collate([([5, 6, 7], [7, 6, 5]), ([8], [8])])
+        >>> b["src"].tolist(), b["src_lengths"].tolist()
+        ([[5, 6, 7], [8, 0, 0]], [3, 1])
+        >>> b["tgt_in"].tolist(), b["tgt_out"].tolist()
+        ([[1, 7, 6, 5], [1, 8, 0, 0]], [[7, 6, 5, 2], [8, 2, 0, 0]])
+    """
+    if len(pairs) == 0:
+        raise ValueError("Expected at least one (source, target) pair, got an empty list")
+    srcs = [list(s) + ([eos_id] if src_eos else []) for s, _ in pairs]
+    tgts = [list(t) for _, t in pairs]
+    for i, s in enumerate(srcs):
+        if len(s) == 0:
+            raise ValueError(f"Expected non-empty source sequences, got an empty one at index {i}")
+    n, s_len, t_len = len(pairs), max(map(len, srcs)), max(map(len, tgts)) + 1
+    src = torch.full((n, s_len), pad_id, dtype=torch.long)
+    tgt_in = torch.full((n, t_len), pad_id, dtype=torch.long)
+    tgt_out = torch.full((n, t_len), pad_id, dtype=torch.long)
+    for i, (s, t) in enumerate(zip(srcs, tgts)):
+        src[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        tgt_in[i, : len(t) + 1] = torch.as_tensor([bos_id, *t], dtype=torch.long)
+        tgt_out[i, : len(t) + 1] = torch.as_tensor([*t, eos_id], dtype=torch.long)
+    lengths = torch.as_tensor([len(s) for s in srcs], dtype=torch.long)
+    return {"src": src, "src_lengths": lengths, "tgt_in": tgt_in, "tgt_out": tgt_out}
+
+
+class Seq2SeqCollate:
+    """Picklable ``collate_fn`` wrapper around :func:`seq2seq_collate` (for ``DataLoader(num_workers>0)``)."""
+
+    def __init__(self, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, src_eos: bool = False) -> None:
+        self.kwargs = {"pad_id": pad_id, "bos_id": bos_id, "eos_id": eos_id, "src_eos": src_eos}
+
+    def __call__(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[str, Tensor]:
+        return seq2seq_collate(pairs, **self.kwargs)
+
+
+class ReversalDataset(Dataset):
+    """Generated reversal task (joeynmt's): the target is the source read backwards.
+
+    Symbols are integers ``0 .. num_symbols-1`` shifted by ``offset`` (3 by default: PAD/BOS/EOS come
+    first), lengths uniform in ``[min_len, max_len]``. Item ``i`` is deterministic given ``seed``.
+
+    Example::
+
+        >>> ds = ReversalDataset(4, num_symbols=10, min_len=2, max_len=5, seed=0)
+        >>> src, tgt = ds[0]
+        >>> tgt == src[::-1] and 2 <= len(src) <= 5 and min(src) >= 3
+        True
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        num_symbols: int = 50,
+        min_len: int = 1,
+        max_len: int = 25,
+        offset: int = 3,
+        seed: int = 0,
+    ) -> None:
+        if num_samples < 1 or num_symbols < 1:
+            raise ValueError(f"Expected num_samples >= 1 and num_symbols >= 1, got {num_samples} and {num_symbols}")
+        if not 1 <= min_len <= max_len:
+            raise ValueError(f"Expected 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(min_len, max_len + 1, (num_samples,), generator=g)
+        self.samples: list[list[int]] = [
+            (torch.randint(0, num_symbols, (int(n),), generator=g) + offset).tolist() for n in lengths
+        ]
+        self.vocab_size = num_symbols + offset
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[list[int], list[int]]:
+        src = self.samples[index]
+        return src, src[::-1]
