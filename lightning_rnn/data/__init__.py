@@ -1,3 +1,17 @@
-"""lightning_rnn.data."""
+"""Data for recurrent models: vocabularies, text streams for TBPTT, padding collate."""
 
-__all__: list[str] = []
+from lightning_rnn.data.corpus import read_text_source, stdlib_corpus_files, stdlib_source_dir
+from lightning_rnn.data.stream import StreamChunks, TextStreamDataModule, batchify
+from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
+
+__all__: list[str] = [
+    "CharVocab",
+    "StreamChunks",
+    "TextStreamDataModule",
+    "Vocab",
+    "WordVocab",
+    "batchify",
+    "read_text_source",
+    "stdlib_corpus_files",
+    "stdlib_source_dir",
+]

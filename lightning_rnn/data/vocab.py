@@ -1,0 +1,147 @@
+"""Vocabularies: characters or whitespace-separated words <-> token ids, saved as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["CharVocab", "WordVocab", "Vocab"]
+
+UNK = "<unk>"
+
+
+class Vocab:
+    """Base vocabulary: an ordered list of tokens, id 0 is ``<unk>``.
+
+    Subclasses define how text is split into tokens (:meth:`tokenize`) and joined back (:meth:`join`).
+    """
+
+    kind = "base"
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        tokens = list(tokens)
+        if UNK not in tokens:
+            tokens = [UNK, *tokens]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError(f"Expected unique tokens, got {len(tokens) - len(set(tokens))} duplicates")
+        self.itos: list[str] = tokens
+        self.stoi: dict[str, int] = {t: i for i, t in enumerate(tokens)}
+        self.unk_id = self.stoi[UNK]
+
+    # -- building
+    @classmethod
+    def tokenize(cls, text: str) -> list[str]:
+        raise NotImplementedError
+
+    @classmethod
+    def join(cls, tokens: Iterable[str]) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, text: str, *, min_freq: int = 1, max_size: int | None = None) -> Vocab:
+        """Build from text: tokens with at least ``min_freq`` occurrences, most frequent first (ties sorted),
+        at most ``max_size`` of them (plus ``<unk>``)."""
+        if min_freq < 1:
+            raise ValueError(f"Expected min_freq >= 1, got {min_freq}")
+        if max_size is not None and max_size < 1:
+            raise ValueError(f"Expected max_size >= 1 or None, got {max_size}")
+        counts = Counter(cls.tokenize(text))
+        kept = sorted((t for t, c in counts.items() if c >= min_freq and t != UNK), key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            kept = kept[:max_size]
+        return cls([UNK, *kept])
+
+    from_text = build
+
+    # -- use
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.itos == self.itos  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={len(self)})"
+
+    def encode(self, text: str) -> Tensor:
+        """Text -> LongTensor (L,) of ids; unseen tokens map to ``<unk>`` (id 0)."""
+        return torch.tensor([self.stoi.get(t, self.unk_id) for t in self.tokenize(text)], dtype=torch.long)
+
+    def decode(self, ids: Tensor | Sequence[int]) -> str:
+        """Ids -> text. Raises ValueError naming an id outside ``[0, len(vocab))``."""
+        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        for i in values:
+            if not 0 <= int(i) < len(self.itos):
+                raise ValueError(f"Expected token ids in [0, {len(self.itos)}), got id {i}")
+        return self.join(self.itos[int(i)] for i in values)
+
+    # -- persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "tokens": self.itos}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Vocab:
+        kinds = {"char": CharVocab, "word": WordVocab}
+        if data.get("kind") not in kinds:
+            raise ValueError(f"Expected a vocabulary kind in {sorted(kinds)}, got {data.get('kind')!r}")
+        return kinds[data["kind"]](data["tokens"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        vocab = Vocab.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        if cls is not Vocab and not isinstance(vocab, cls):
+            raise ValueError(f"Expected a {cls.__name__} in {path}, got {type(vocab).__name__}")
+        return vocab
+
+
+class CharVocab(Vocab):
+    """Character vocabulary.
+
+    Example::
+
+        >>> v = CharVocab.build("hello world")
+        >>> v.decode(v.encode("low"))
+        'low'
+        >>> v.decode(v.encode("lox"))  # unseen 'x' -> <unk>
+        'lo<unk>'
+    """
+
+    kind = "char"
+
+    @classmethod
+    def tokenize(cls, text: str) -> list[str]:
+        return list(text)
+
+    @classmethod
+    def join(cls, tokens: Iterable[str]) -> str:
+        return "".join(tokens)
+
+
+class WordVocab(Vocab):
+    """Whitespace-token vocabulary with ``min_freq`` / ``max_size`` and ``<unk>``.
+
+    Example::
+
+        >>> v = WordVocab.build("the cat the dog", min_freq=2)
+        >>> v.decode(v.encode("the cat"))
+        'the <unk>'
+    """
+
+    kind = "word"
+
+    @classmethod
+    def tokenize(cls, text: str) -> list[str]:
+        return text.split()
+
+    @classmethod
+    def join(cls, tokens: Iterable[str]) -> str:
+        return " ".join(tokens)
