@@ -57,7 +57,7 @@ def _apply_row_mask(
         return x
     if batch_sizes is not None:
         if bool((batch_sizes == mask.shape[0]).all()):  # every sequence full length: (L*N, F) time-major
-            return (x.view(len(batch_sizes), mask.shape[0], -1) * mask).view_as(x)
+            return (x.reshape(len(batch_sizes), mask.shape[0], -1) * mask).reshape_as(x)
         return x * mask.index_select(0, _packed_rows(batch_sizes, mask.device))
     return x * (mask.unsqueeze(1) if batch_first else mask.unsqueeze(0))
 

@@ -173,6 +173,26 @@ def test_state_mode_with_lengths_matches_per_row_runs():
         torch.testing.assert_close(h[:, row : row + 1], h_row, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_state_mode_packed_loop_matches_naive_per_row(cell):
+    """With lengths, the masked step loop on packed rows (both directions) equals a naive run per row."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        m = RNNStack(cell, F, H, 2, bidirectional=True, recurrent_dropout=0.5, recurrent_dropout_mode="state")
+        x = torch.randn(N, L, F)
+        lengths = torch.tensor([3, L, 1, 5])
+        masks = _masks(m, 13, N, x)  # drawn per sorted row (decreasing length)
+        torch.manual_seed(13)
+        out, _ = m(x, lengths=lengths)
+        sorted_rows = torch.sort(lengths, descending=True).indices.tolist()
+        for j, row in enumerate(sorted_rows):
+            n = int(lengths[row])
+            ref = _naive_state_dropout(m, x[row : row + 1, :n], [s[j : j + 1] for s in masks.state])
+            torch.testing.assert_close(out[row : row + 1, :n], ref, atol=1e-10, rtol=0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_residual_adds_layer_input():
     m = RNNStack("gru", F, F, 3, residual=True)
     x = torch.randn(N, L, F)
