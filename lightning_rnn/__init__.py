@@ -8,5 +8,6 @@ __version__ = "0.1.0"
 
 # Public LightningModules are re-exported from lightning_rnn.modules (one line per module).
 from lightning_rnn.modules import RNNLanguageModel, TBPTTModule, TBPTTStep
+from lightning_rnn.modules.seq2seq import Seq2SeqAttention
 
-__all__ = ["__version__", "RNNLanguageModel", "TBPTTModule", "TBPTTStep"]
+__all__ = ["__version__", "RNNLanguageModel", "Seq2SeqAttention", "TBPTTModule", "TBPTTStep"]

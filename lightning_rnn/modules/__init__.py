@@ -1,6 +1,7 @@
 """lightning_rnn.modules."""
 
 from lightning_rnn.modules.language_model import RNNLanguageModel
+from lightning_rnn.modules.seq2seq import Seq2SeqAttention
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 
-__all__: list[str] = ["RNNLanguageModel", "TBPTTModule", "TBPTTStep"]
+__all__: list[str] = ["RNNLanguageModel", "Seq2SeqAttention", "TBPTTModule", "TBPTTStep"]
