@@ -14,10 +14,12 @@ from torchmetrics.text import Perplexity
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 from lightning_rnn.nn.dropout import EmbeddingDropout
 from lightning_rnn.nn.rnn import RNNStack
+from lightning_rnn.nn.softmax import CandidateSampler, adaptive_softmax, sampled_softmax_loss
 
 __all__ = ["RNNLanguageModel"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
+_OUTPUTS = ("full", "adaptive", "sampled")
 
 
 def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
@@ -62,6 +64,17 @@ class RNNLanguageModel(TBPTTModule):
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; override ``configure_optimizers`` for anything else.
         lr, weight_decay: optimizer settings.
         ignore_index: target id that carries no loss (padding).
+        output: the output layer for large vocabularies: ``"full"`` (linear + softmax over V), ``"adaptive"``
+            (``torch.nn.AdaptiveLogSoftmaxWithLoss``: exact log-probabilities, used for training *and*
+            evaluation; ids must be sorted by decreasing frequency) or ``"sampled"`` (sampled softmax in
+            training, the exact full softmax of the same decoder in evaluation, so ``val/ppl`` is exact).
+        adaptive_cutoffs: increasing cut-offs in (0, V) for ``output="adaptive"`` (default
+            ``[V//20, V//5]`` rounded, at least 1).
+        adaptive_div_value: dimension divisor of successive adaptive tail clusters.
+        num_sampled: S, shared negative candidates per chunk for ``output="sampled"``.
+        sampler: candidate distribution for ``output="sampled"``: ``"log_uniform"`` (Zipf, ids sorted by
+            frequency), ``"unigram"`` (needs ``sampler_counts``) or ``"uniform"``.
+        sampler_counts: (V,) unigram weights for ``sampler="unigram"``.
 
     Example::
 
@@ -99,6 +112,12 @@ class RNNLanguageModel(TBPTTModule):
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
         ignore_index: int = -100,
+        output: str = "full",
+        adaptive_cutoffs: list[int] | None = None,
+        adaptive_div_value: float = 4.0,
+        num_sampled: int = 1024,
+        sampler: str = "log_uniform",
+        sampler_counts: Tensor | list[float] | None = None,
     ) -> None:
         super().__init__(
             tbptt_steps=tbptt_steps,
@@ -116,7 +135,14 @@ class RNNLanguageModel(TBPTTModule):
             raise ValueError(f"Expected optimizer in {_OPTIMIZERS}, got {optimizer!r}")
         if not lr > 0:
             raise ValueError(f"Expected lr > 0, got {lr}")
-        self.save_hyperparameters()
+        if output not in _OUTPUTS:
+            raise ValueError(f"Expected output in {_OUTPUTS}, got {output!r}")
+        if output == "adaptive" and tie_weights:
+            raise ValueError("Expected tie_weights=False with output='adaptive' (its head has V' < V rows), got True")
+        if output == "sampled" and (isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or num_sampled < 1):
+            raise ValueError(f"Expected num_sampled to be a positive int, got {num_sampled!r}")
+        self.save_hyperparameters(ignore=["sampler_counts"])
+        self.output = output
         self.vocab_size = vocab_size
         self.ignore_index = ignore_index
         embedding = nn.Embedding(vocab_size, embedding_dim)
@@ -132,7 +158,18 @@ class RNNLanguageModel(TBPTTModule):
             recurrent_dropout=recurrent_dropout,
             recurrent_dropout_mode=recurrent_dropout_mode,
         )
-        self.decoder = nn.Linear(self.rnn.output_size, vocab_size)
+        self.sampler: CandidateSampler | None = None
+        if output == "adaptive":
+            if adaptive_cutoffs is None:
+                adaptive_cutoffs = sorted({max(1, vocab_size // 20), max(2, vocab_size // 5)})
+                adaptive_cutoffs = [c for c in adaptive_cutoffs if c < vocab_size]
+            self.adaptive = adaptive_softmax(
+                self.rnn.output_size, vocab_size, adaptive_cutoffs, div_value=adaptive_div_value
+            )
+        else:
+            self.decoder = nn.Linear(self.rnn.output_size, vocab_size)
+            if output == "sampled":
+                self.sampler = CandidateSampler(vocab_size, sampler, sampler_counts)
         if tie_weights:
             if embedding_dim != self.rnn.output_size:
                 raise ValueError(
@@ -145,10 +182,47 @@ class RNNLanguageModel(TBPTTModule):
 
     # ------------------------------------------------------------------ model
     def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
-        """Inputs: tokens (N, L) LongTensor, state (optional). Outputs: logits (N, L, V), state."""
+        """Inputs: tokens (N, L) LongTensor, state (optional). Outputs: logits (N, L, V), state.
+
+        With ``output="adaptive"`` the "logits" are the exact log-probabilities (their ``log_softmax`` is
+        themselves); with ``"sampled"`` they are the full decoder's logits.
+        """
         emb = self.embedding(tokens)  # (N, L, E)
         out, state = self.rnn(emb, state)  # (N, L, D*H)
-        return self.decoder(out), state  # (N, L, V)
+        return self.project(out), state  # (N, L, V)
+
+    def project(self, features: Tensor) -> Tensor:
+        """Inputs: features (..., D*H). Outputs: (..., V) logits (``"full"``/``"sampled"``) or exact
+        log-probabilities (``"adaptive"``)."""
+        if self.output == "adaptive":
+            return self.adaptive.log_prob(features.reshape(-1, features.shape[-1])).reshape(
+                *features.shape[:-1], self.vocab_size
+            )
+        return self.decoder(features)
+
+    def token_loss(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Mean token loss of the output layer, its weight (counted targets), and the (N, L, V) scores or None.
+
+        Inputs: features (N, L, D*H), targets (N, L). Training uses the configured output (sampled softmax
+        for ``"sampled"``); evaluation is always exact (full softmax, or exact adaptive log-probabilities).
+        Scores are returned in evaluation only.
+        """
+        valid = targets != self.ignore_index  # (N, L)
+        weight = valid.sum()
+        if self.output == "full" or (self.output == "sampled" and not self.training):
+            logits = self.decoder(features)  # (N, L, V)
+            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=self.ignore_index)
+            return loss, weight, None if self.training else logits
+        flat, tgt = features[valid], targets[valid]  # (M, D*H), (M,)
+        if tgt.numel() == 0:
+            return features.sum() * 0.0, weight, None if self.training else self.project(features)
+        if self.output == "sampled":
+            loss = sampled_softmax_loss(
+                flat, tgt, self.decoder.weight, self.decoder.bias, self.hparams.num_sampled, self.sampler  # type: ignore[arg-type]
+            )
+            return loss, weight, None
+        loss = self.adaptive(flat, tgt).loss
+        return loss, weight, None if self.training else self.project(features)
 
     def _check_tokens(self, *tensors: Tensor) -> None:
         for name, t in zip(("inputs", "targets"), tensors):
@@ -165,12 +239,9 @@ class RNNLanguageModel(TBPTTModule):
 
     def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
         inputs, targets = _unpack(chunk)
-        logits, state = self(inputs, state)  # (N, k, V)
-        loss = F.cross_entropy(
-            logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=self.ignore_index
-        )
-        weight = (targets != self.ignore_index).sum()
-        return TBPTTStep(loss=loss, state=state, weight=weight, outputs=None if self.training else logits)
+        out, state = self.rnn(self.embedding(inputs), state)  # (N, k, D*H)
+        loss, weight, scores = self.token_loss(out, targets)  # scores (N, k, V) in evaluation
+        return TBPTTStep(loss=loss, state=state, weight=weight, outputs=scores)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -225,9 +296,9 @@ class RNNLanguageModel(TBPTTModule):
         if max_steps is not None:
             inputs, targets = inputs[:, :max_steps], targets[:, :max_steps]
         out, step_states = self.rnn.forward_steps(self.embedding(inputs))  # (N, L, D*H)
-        logits = self.decoder(out)  # (N, L, V)
+        scores = self.project(out)  # (N, L, V): exact logits / log-probabilities
         losses = F.cross_entropy(
-            logits.transpose(1, 2), targets, ignore_index=self.ignore_index, reduction="none"
+            scores.transpose(1, 2), targets, ignore_index=self.ignore_index, reduction="none"
         )  # (N, L)
         return step_states, losses
 

@@ -1,0 +1,146 @@
+"""RNNTagger: many-to-many aligned sequence labelling (one label per step) on the TBPTT engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_rnn.modules._recurrent_task import _RecurrentTask, no_loss
+from lightning_rnn.modules.tbptt import TBPTTStep
+from lightning_rnn.nn.pooling import length_mask
+
+__all__ = ["RNNTagger"]
+
+
+class RNNTagger(_RecurrentTask):
+    """Recurrent sequence tagger: a label for every step (POS tags, frame-by-frame labels of a recording).
+
+    Input -> (embedding) -> :class:`~lightning_rnn.nn.RNNStack` run packed on the true lengths -> dropout ->
+    linear head per step -> token cross-entropy. Steps at or past a row's length and steps labelled
+    ``ignore_index`` carry no loss and are not counted by the metrics: the loss is exactly the mean over the
+    labelled steps of the unpadded rows.
+
+    **Truncated BPTT** (``tbptt_steps=k``, unidirectional only): chunks of k steps with the state carried;
+    each chunk's loss is the mean over its labelled steps and the gradient reaches back at most k steps
+    (``tbptt_backprop_steps`` for more). Rows that ended before a chunk are not run: their state stays as it
+    was. With ``carry_state=True`` the state is also carried across consecutive batches (long streams cut
+    into batches, reset each epoch and where a dict batch's ``"reset"`` (N,) is True). A bidirectional tagger
+    cannot be truncated (its backward direction needs the steps after the chunk): an error.
+
+    Logs ``train/loss``, ``val/loss``, ``test/loss`` and per epoch ``{train,val,test}/acc`` (per token) and
+    ``{train,val,test}/f1`` (macro), torchmetrics with ``ignore_index``.
+
+    Args:
+        num_classes: C >= 2.
+        vocab_size / input_size: token-id inputs (N, L) with an embedding, or features (N, L, input_size).
+        embedding_dim, hidden_size, num_layers, cell, bidirectional: encoder.
+        ignore_index: label value of unlabelled steps (padding).
+        tbptt_steps, tbptt_backprop_steps, carry_state, gradient_clip_val, gradient_clip_algorithm,
+            eval_tbptt_steps: see :class:`~lightning_rnn.TBPTTModule`.
+        input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode, dropout,
+            optimizer, lr, weight_decay: as :class:`~lightning_rnn.RNNClassifier`.
+
+    Batches: ``{"inputs", "lengths", "labels"}`` with labels (N, L) padded with ``ignore_index`` (as
+    :func:`~lightning_rnn.data.pad_collate` returns), or ``(inputs, labels)`` with no padding.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_rnn import RNNTagger
+        >>> tagger = RNNTagger(num_classes=5, vocab_size=20, embedding_dim=8, hidden_size=8, bidirectional=True)
+        >>> tagger(torch.randint(0, 20, (2, 7)), lengths=torch.tensor([7, 3])).shape
+        torch.Size([2, 7, 5])
+    """
+
+    _per_step_labels = True
+
+    def __init__(
+        self,
+        num_classes: int,
+        vocab_size: int | None = None,
+        input_size: int | None = None,
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        *,
+        bidirectional: bool = False,
+        ignore_index: int = -100,
+        tbptt_steps: int | None = None,
+        tbptt_backprop_steps: int | None = None,
+        carry_state: bool = False,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        eval_tbptt_steps: int | None = None,
+        input_dropout: float = 0.0,
+        layer_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        recurrent_dropout_mode: str = "weight",
+        dropout: float = 0.0,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            num_classes,
+            vocab_size=vocab_size,
+            input_size=input_size,
+            embedding_dim=embedding_dim,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            cell=cell,
+            bidirectional=bidirectional,
+            tbptt_steps=tbptt_steps,
+            tbptt_backprop_steps=tbptt_backprop_steps,
+            carry_state=carry_state,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            eval_tbptt_steps=eval_tbptt_steps,
+            input_dropout=input_dropout,
+            layer_dropout=layer_dropout,
+            output_dropout=output_dropout,
+            recurrent_dropout=recurrent_dropout,
+            recurrent_dropout_mode=recurrent_dropout_mode,
+            dropout=dropout,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            ignore_index=ignore_index,
+        )
+        self.save_hyperparameters()
+
+    def forward(self, inputs: Tensor, lengths: Tensor | None = None, state: Any = None) -> Tensor:
+        """Inputs: inputs (N, L) ids or (N, L, F) features, lengths (N,) or None, state or None.
+
+        Outputs: logits (N, L, C) (steps past a row's length are the head applied to zeros: ignore them).
+        """
+        n, length = inputs.shape[0], inputs.shape[1]
+        if lengths is None:
+            lengths = torch.full((n,), length, dtype=torch.long, device=inputs.device)
+        out, _, idx = self.encode(inputs, lengths.to(inputs.device), state)  # (A, L, D*H)
+        logits = self.head(self.dropout(out))  # (A, L, C)
+        if idx.numel() == n:
+            return logits
+        return logits.new_zeros(n, length, self.num_classes).index_copy(0, idx, logits)
+
+    def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
+        inputs, lengths, labels = chunk["inputs"], chunk["lengths"], chunk["labels"]
+        out, state, idx = self.encode(inputs, lengths, state)  # (A, k, D*H)
+        logits = self.head(self.dropout(out))  # (A, k, C)
+        labels = labels.index_select(0, idx)  # (A, k)
+        steps = length_mask(lengths.to(labels.device).index_select(0, idx), labels.shape[1])  # (A, k)
+        labels = labels.masked_fill(~steps, self.ignore_index)
+        count = int((labels != self.ignore_index).sum())
+        if count:
+            loss = F.cross_entropy(
+                logits.reshape(-1, self.num_classes), labels.reshape(-1), ignore_index=self.ignore_index
+            )
+        else:
+            loss = no_loss(inputs)
+        outputs = (logits.reshape(-1, self.num_classes), labels.reshape(-1))
+        self._record_train_outputs(chunk, outputs)
+        return TBPTTStep(loss=loss, state=state, weight=count, outputs=outputs)
