@@ -69,7 +69,7 @@ def _stdlib_file() -> str:
 
 def test_learns_real_text_below_unigram_entropy(tmp_path):
     data = pytest.importorskip("lightning_rnn.data")
-    text = open(_stdlib_file(), encoding="utf-8").read()[:60_000]
+    text = open(_stdlib_file(), encoding="utf-8").read()[:30_000]
     source = tmp_path / "argparse_head.py"
     source.write_text(text, encoding="utf-8")
     counts = Counter(text)
@@ -78,8 +78,9 @@ def test_learns_real_text_below_unigram_entropy(tmp_path):
     torch.manual_seed(0)
     dm = data.TextStreamDataModule(str(source), batch_size=16, bptt=64, val_fraction=0.1, test_fraction=0.0)
     dm.setup("fit")
-    lm = RNNLanguageModel(len(dm.vocab), 32, 128, tbptt_steps=32, lr=5e-3)
-    t = trainer(max_epochs=3)
+    lm = RNNLanguageModel(len(dm.vocab), 32, 128, tbptt_steps=32, lr=1e-2)
+    t = trainer(max_epochs=2)
     t.fit(lm, datamodule=dm)
     val = t.callback_metrics["val/loss"].item()
+    print(f"val loss {val:.3f} nats/char vs unigram entropy {unigram:.3f}")
     assert val < 0.75 * unigram, (val, unigram)
