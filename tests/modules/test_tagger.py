@@ -1,0 +1,134 @@
+"""RNNTagger against ground truth: loss over unpadded rows, torch.nn RNNs, a hand-written TBPTT loop."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from lightning_rnn import RNNTagger
+
+from ._tbptt_models import trainer
+
+LENGTHS = (10, 3, 7, 1)
+
+
+def _batch(length=10, lengths=LENGTHS, classes=4, seed=0, vocab=13):
+    g = torch.Generator().manual_seed(seed)
+    n = len(lengths)
+    x = torch.randint(0, vocab, (n, length), generator=g)
+    labels = torch.randint(0, classes, (n, length), generator=g)
+    lengths = torch.tensor(lengths)
+    pad = torch.arange(length)[None, :] >= lengths[:, None]
+    labels = labels.masked_fill(pad, -100)
+    labels[0, 2] = -100  # an unlabelled step inside a row
+    return {"inputs": x, "lengths": lengths, "labels": labels}
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    defaults = dict(vocab_size=13, embedding_dim=5, hidden_size=6, optimizer="sgd", lr=0.5)
+    defaults.update(kw)
+    return RNNTagger(4, **defaults)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_loss_ignores_pads_exactly(bidirectional):
+    model = _model(bidirectional=bidirectional, num_layers=2).eval()
+    b = _batch()
+    pad = torch.arange(10)[None, :] >= b["lengths"][:, None]
+    garbage = dict(b, inputs=b["inputs"].masked_fill(pad, 12))  # change the pads
+    with torch.no_grad():
+        step = model.tbptt_step(model.slice_batch(b, 0, 10), None)
+        step2 = model.tbptt_step(model.slice_batch(garbage, 0, 10), None)
+        # reference: every row alone, unpadded, token CE summed over labelled steps / their count
+        total, count = 0.0, 0
+        for i, n in enumerate(LENGTHS):
+            logits = model(b["inputs"][i : i + 1, :n])[0]
+            y = b["labels"][i, :n]
+            total += F.cross_entropy(logits, y, ignore_index=-100, reduction="sum").item()
+            count += int((y != -100).sum())
+    assert step.loss.item() == pytest.approx(total / count, rel=1e-5)
+    assert step2.loss.item() == pytest.approx(total / count, rel=1e-5)
+    assert step.weight == count
+
+
+def test_metrics_are_per_token_over_labelled_steps():
+    model = _model()
+    b = _batch()
+    (metrics,) = trainer().validate(model, DataLoader([b], batch_size=None), verbose=False)
+    with torch.no_grad():
+        logits = model(b["inputs"], b["lengths"])
+    keep = b["labels"] != -100
+    acc = (logits.argmax(-1)[keep] == b["labels"][keep]).float().mean().item()
+    assert metrics["val/acc"] == pytest.approx(acc)
+    assert 0 <= metrics["val/f1"] <= 1
+
+
+def _hand_tbptt(model, batch, k, lr):
+    """Reference: rows run one by one per chunk (ended rows skipped); loss = token CE summed over the chunk's
+    labelled steps of all rows / their count; one SGD step per chunk with any label."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x, labels, lengths = batch["inputs"], batch["labels"], batch["lengths"].tolist()
+    states: list = [None] * len(lengths)
+    for start in range(0, x.shape[1], k):
+        end = min(start + k, x.shape[1])
+        total, count = 0.0, 0
+        for i, n in enumerate(lengths):
+            if n <= start:
+                continue
+            out, states[i] = model.rnn(model.embedding(x[i : i + 1, start : min(end, n)]), states[i])
+            y = labels[i, start : min(end, n)]
+            total = total + F.cross_entropy(model.head(out[0]), y, ignore_index=-100, reduction="sum")
+            count += int((y != -100).sum())
+        if count:
+            opt.zero_grad()
+            (total / count).backward()
+            opt.step()
+        states = [None if s is None else tuple(t.detach() for t in s) for s in states]
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_tbptt_update_equals_hand_written_chunk_loop(k):
+    model = _model(tbptt_steps=k)
+    ref, init = copy.deepcopy(model), copy.deepcopy(model)
+    b = _batch()
+    trainer().fit(model, DataLoader([b], batch_size=None))
+    _hand_tbptt(ref, b, k, 0.5)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=f"parameter {name} differs")
+    assert any(not torch.allclose(p, q) for p, q in zip(model.parameters(), init.parameters()))
+
+
+def test_features_and_tuple_batch_train():
+    torch.manual_seed(1)
+    model = RNNTagger(3, input_size=2, hidden_size=8, cell="gru", bidirectional=True, lr=0.1)
+    x = torch.randn(8, 12, 2)
+    y = (x[..., 0] > 0).long()  # a per-step rule
+    before = F.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1)).item()
+    trainer(max_epochs=5).fit(model, DataLoader([(x, y)], batch_size=None))
+    after = F.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1)).item()
+    assert after < 0.9 * before
+
+
+def test_errors():
+    model = _model()
+    b = _batch()
+    with pytest.raises(ValueError, match="bidirectional=True"):
+        _model(bidirectional=True, tbptt_steps=4)
+    labels = b["labels"].clone()
+    labels[1, 1] = 9
+    with pytest.raises(ValueError, match=r"num_classes=4.*got label 9"):
+        model.training_step(dict(b, labels=labels), 0)
+    labels = b["labels"].clone()
+    labels[1, 8] = 9  # beyond the row's length (3): not a label, ignored
+    model.validation_step(dict(b, labels=labels), 0)
+    with pytest.raises(ValueError, match=r"labels of shape \(4, 10\)"):
+        model.validation_step(dict(b, labels=b["labels"][:, :5]), 0)
+    with pytest.raises(ValueError, match=r"Expected every length in \[1, 10\]"):
+        model.validation_step(dict(b, lengths=torch.tensor([10, 0, 3, 2])), 0)
+    with pytest.raises(TypeError, match="Expected a batch"):
+        model.validation_step([b["inputs"]], 0)
