@@ -15,10 +15,11 @@ normalised curve G(k)/G(0) and the *gradient horizon* — the smallest lag k wit
 far back the loss can still teach the network (Pascanu et al. 2013; Aicher et al. 2019 choose a
 truncation length from it).
 
-Cost: one backward pass per target position (``torch.autograd.grad`` of that position's loss summed
-over rows, with respect to the states only — parameters' ``.grad`` are never touched). Rows of a
-recurrent net are independent, so the gradient of the row sum at row r is row r's own gradient; norms
-are taken per row and then averaged. Models that couple rows (batch norm over the batch, attention
+Cost: one backward pass (``torch.autograd.grad`` with respect to the states only — parameters' ``.grad``
+are never touched) per target position, or — ``backward_passes=1`` — one in all: the rows are dealt to
+the target positions and the pass differentiates the sum of each row's loss at its own target. Rows of a
+recurrent net are independent, so the gradient of a sum over rows at row r is row r's own gradient;
+norms are taken per row and then averaged. Models that couple rows (batch norm over the batch, attention
 across the batch) break that assumption.
 
 Pure PyTorch; no lightning import.
@@ -190,6 +191,7 @@ def per_lag_gradient_norms(
     *,
     num_targets: int | None = None,
     target_positions: Sequence[int] | None = None,
+    backward_passes: int | None = None,
     eps: float = 1e-2,
     per_layer: bool = False,
 ) -> GradientFlowResult:
@@ -202,6 +204,11 @@ def per_lag_gradient_norms(
         num_targets: how many target positions to use (chosen by :func:`select_target_positions`);
             None: every position (L backward passes).
         target_positions: explicit target positions instead (overrides ``num_targets``).
+        backward_passes: None: every row at every target, one backward pass per target (the exact mean
+            over all (target, row) pairs). An int p: the rows are dealt round-robin to the targets (row r
+            takes target ``(r + j) mod n`` in pass j) and only p passes run — each row a sample at p
+            targets, for p backward passes in total; ``1`` is the cheapest (one backward for the whole
+            probe) and still averages over every target when there are at least as many rows as targets.
         eps: threshold of the gradient horizon, in (0, 1).
         per_layer: also compute the curve of each layer's state alone.
 
@@ -244,6 +251,10 @@ def per_lag_gradient_norms(
     num_layers = shapes[0][0]
     if per_layer and any(shape[0] != num_layers for shape in shapes):
         raise ValueError(f"Expected every state component to have {num_layers} layers for per_layer=True")
+    if backward_passes is not None and (
+        isinstance(backward_passes, bool) or not isinstance(backward_passes, int) or backward_passes < 1
+    ):
+        raise ValueError(f"Expected backward_passes to be an int >= 1 or None, got {backward_passes!r}")
     if target_positions is None:
         targets = select_target_positions(length, max_lag, num_targets)
     else:
@@ -256,21 +267,29 @@ def per_lag_gradient_norms(
     total = torch.zeros(lags, dtype=torch.float64, device=device)
     layer_total = torch.zeros(num_layers, lags, dtype=torch.float64, device=device)
     counts = torch.zeros(lags, dtype=torch.float64, device=device)
-    for t in targets:
-        loss_t = step_losses[:, t]  # (N,)
-        valid = ~torch.isnan(loss_t)
+    if backward_passes is None:  # every row at every target: one pass per target
+        assignments = [torch.full((n,), t, dtype=torch.long) for t in targets]
+    else:  # rows dealt round-robin to the targets, shifted by one target per pass
+        idx = torch.arange(n)
+        tt = torch.tensor(targets, dtype=torch.long)
+        assignments = [tt[(idx + j) % len(targets)] for j in range(min(backward_passes, len(targets)))]
+    per_comp = len(states[0])
+    rows = torch.arange(n, device=device)
+    lag_range = torch.arange(lags, device=device)
+    for assign in assignments:
+        assign = assign.to(device)
+        loss = step_losses.gather(1, assign[:, None]).squeeze(1)  # (N,): row r's loss at its target
+        valid = ~torch.isnan(loss)
         if not bool(valid.any()):
             continue
-        first = max(t - max_lag, 0)
-        inputs = [c for s in range(first, t + 1) for c in states[s]]
+        first = max(int(assign.min()) - max_lag, 0)
+        last = int(assign.max())
+        inputs = [c for s in range(first, last + 1) for c in states[s]]
         grads = torch.autograd.grad(
-            torch.where(valid, loss_t, torch.zeros_like(loss_t)).sum(), inputs,
-            retain_graph=True, allow_unused=True,
+            torch.where(valid, loss, torch.zeros_like(loss)).sum(), inputs, retain_graph=True, allow_unused=True,
         )
-        per_comp = len(states[0])
-        steps = t - first + 1
         # squared norms per (step, layer, row): (steps, Ly, N)
-        sq = torch.zeros(steps, num_layers, n, dtype=torch.float64, device=device)
+        sq = torch.zeros(last - first + 1, num_layers, n, dtype=torch.float64, device=device)
         for i, g in enumerate(grads):
             if g is not None:
                 g2 = _as_layers(g.detach(), n).double().pow(2).sum(-1)  # (Ly, N)
@@ -278,12 +297,14 @@ def per_lag_gradient_norms(
                     sq[i // per_comp] += g2
                 else:  # a component with a different layer count: only counts in the full-state norm
                     sq[i // per_comp, 0] += g2.sum(0)
-        sq = sq.flip(0)  # index = lag k = t - s
-        w = valid.double()  # (N,)
-        total[:steps] += (sq.sum(1).sqrt() * w).sum(-1)
+        src = assign[None, :] - lag_range[:, None]  # (K+1, N): step t(r) - k
+        ok = (src >= 0) & valid[None, :]  # (K+1, N)
+        picked = sq[(src - first).clamp_min(0), :, rows[None, :]]  # (K+1, N, Ly)
+        w = ok.double()
+        total += (picked.sum(-1).sqrt() * w).sum(-1)
         if per_layer:
-            layer_total[:, :steps] += (sq.sqrt() * w).sum(-1).transpose(0, 1)
-        counts[:steps] += w.sum()
+            layer_total += (picked.sqrt() * w[..., None]).sum(1).transpose(0, 1)
+        counts += w.sum(-1)
 
     curve = (total / counts).float()  # NaN where counts == 0
     normalized = curve / curve[0] if float(curve[0]) > 0 else torch.full_like(curve, math.nan)

@@ -45,7 +45,7 @@ def test_logs_expected_keys_and_values_csv(tmp_path):
     # the last probe ran on the final weights: an independent computation on the same batch agrees
     model.eval()
     states, losses = model.gradient_flow_probe(probe, max_steps=8)  # max_lag + num_targets steps
-    ref = per_lag_gradient_norms(states, losses, 5, num_targets=3)
+    ref = per_lag_gradient_norms(states, losses, 5, num_targets=3, backward_passes=1)
     for k in (1, 2, 4):
         assert float(last[f"gradient_flow/lag_{k}"]) == pytest.approx(float(ref.normalized[k]), rel=1e-4)
     assert float(last["gradient_flow/g0"]) == pytest.approx(float(ref.curve[0]), rel=1e-4)
@@ -135,6 +135,7 @@ def test_module_without_probe_gets_a_clear_error():
     (dict(max_lag=0), "max_lag"), (dict(max_lag=2.0), "max_lag"),
     (dict(eps=0.0), "eps"), (dict(eps=1.0), "eps"), (dict(eps=1.5), "eps"),
     (dict(num_targets=0), "num_targets"), (dict(log_lags=[-1]), "log_lags"),
+    (dict(backward_passes=0), "backward_passes"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -151,6 +151,24 @@ def test_matches_retain_grad_reference_on_cell_loop(kind):
     torch.testing.assert_close(res.per_layer_normalized.double(), (per_layer / count) / (curve[0] / count[0]), rtol=1e-5, atol=1e-12)
     assert res.counts.tolist() == count.long().tolist()
     assert float(res.per_layer[0, 0]) == 0.0  # the loss at t reads S_t through the top layer only
+    # one backward pass, rows dealt round-robin to the targets: the mean over those (target, row) pairs
+    targets = [2, 4, 6]
+    for passes in (1, 2):
+        dealt = per_lag_gradient_norms(states, losses, max_lag=max_lag, target_positions=targets,
+                                       backward_passes=passes, per_layer=True)
+        pairs = [(targets[(r + j) % 3], r) for j in range(passes) for r in range(n)]
+        pairs = [(t, r) for t, r in pairs if mask[r, t]]
+        exp = torch.zeros(max_lag + 1, dtype=torch.float64)
+        exp_layer = torch.zeros(2, max_lag + 1, dtype=torch.float64)
+        cnt = torch.zeros(max_lag + 1, dtype=torch.float64)
+        for t, r in pairs:
+            for k in range(min(t, max_lag) + 1):
+                exp[k] += table[t, t - k, :, r].sum().sqrt()
+                exp_layer[:, k] += table[t, t - k, :, r].sqrt()
+                cnt[k] += 1
+        torch.testing.assert_close(dealt.curve.double(), exp / cnt, rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(dealt.per_layer.double(), exp_layer / cnt, rtol=1e-5, atol=1e-12)
+        assert dealt.counts.tolist() == cnt.long().tolist()
     # a subset of targets averages only those targets
     sub = per_lag_gradient_norms(states, losses, max_lag=max_lag, target_positions=[6])
     expected = table[6, 6 - torch.arange(max_lag + 1)].sum(1).sqrt()[:, 1:].mean(-1)  # row 0 has no target
@@ -195,5 +213,7 @@ def test_bad_input():
         per_lag_gradient_norms(states, losses[0], max_lag=2)
     with pytest.raises(ValueError, match="autograd"):
         per_lag_gradient_norms([s.detach() for s in states], losses, max_lag=2)
+    with pytest.raises(ValueError, match="backward_passes"):
+        per_lag_gradient_norms(states, losses, max_lag=2, backward_passes=0)
     with pytest.raises(TypeError, match="Tensor"):
         per_lag_gradient_norms([None] * 5, losses, max_lag=2)
