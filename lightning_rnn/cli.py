@@ -405,7 +405,7 @@ def _finish_wandb(exit_code: int | None = None) -> None:
     import wandb
 
     if wandb.run is not None:
-        wandb.finish(exit_code=exit_code, quiet=True)
+        wandb.finish(exit_code=exit_code)
 
 
 def cli_main(args: Sequence[str] | None = None) -> Any:

@@ -1,0 +1,189 @@
+"""The `lightning-rnn` command: fit end to end on the shipped demo config, W&B offline run, checkpoint with its
+vocabulary, `generate`, `--print_config` round trip, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_rnn.cli import VOCAB_KEY, main
+from lightning_rnn.data import CharVocab
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "examples" / "char_lm.yaml"
+
+# the shipped demo config, shrunk to seconds from the command line
+TINY = [
+    "--model.init_args.embedding_dim=8",
+    "--model.init_args.hidden_size=16",
+    "--model.init_args.tbptt_steps=8",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.bptt=16",
+    "--trainer.max_steps=20",
+    "--trainer.val_check_interval=5",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--report.max_new_tokens=40",
+]
+
+
+@pytest.fixture(autouse=True)
+def _wandb_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["lightning-rnn"])
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("LIGHTNING_RNN_TRACEBACK", raising=False)
+
+
+def _corpus(path: Path) -> Path:
+    import inspect
+    import json as json_mod
+    import json.decoder
+    import json.encoder
+
+    text = "".join(inspect.getsource(m) for m in (json_mod, json.decoder, json.encoder))
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny `lightning-rnn fit` of examples/char_lm.yaml; shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("fit")
+    corpus = _corpus(tmp / "corpus.py")
+    old = os.getcwd()
+    os.chdir(tmp)  # the config writes under ./runs
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setattr(sys, "argv", ["lightning-rnn"])
+    try:
+        from io import StringIO
+
+        out = StringIO()
+        mp.setattr(sys, "stdout", out)
+        main(["fit", "--config", str(CONFIG), f"--data.init_args.source={corpus}", *TINY])
+        mp.undo()
+    finally:
+        mp.undo()
+        os.chdir(old)
+    return {"dir": tmp, "stdout": out.getvalue(), "corpus": corpus}
+
+
+def test_fit_writes_wandb_run_with_metrics_and_heatmap(fitted: dict) -> None:
+    runs = sorted((fitted["dir"] / "runs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = runs[0] / "files"
+    summary = json.loads((files / "wandb-summary.json").read_text())
+    for key in ("train/loss", "val/loss", "val/bits_per_token", "throughput/tokens_per_sec", "grad_clip/norm"):
+        assert key in summary, f"{key} not logged; summary has {sorted(summary)}"
+    assert any(k.startswith("spectral_norm") or k.startswith("spectral") for k in summary), sorted(summary)
+    images = list((files / "media" / "images").rglob("*.png"))
+    assert images, "expected at least one image (GradientFlowMonitor heatmap) in the W&B run"
+
+
+def test_fit_prints_report_and_checkpoint_holds_vocab(fitted: dict) -> None:
+    out = fitted["stdout"]
+    assert "validation bits per char (best checkpoint):" in out
+    bits = float(out.split("validation bits per char (best checkpoint):")[1].split()[0])
+    ckpts = list((fitted["dir"] / "runs").rglob("best.ckpt"))
+    assert len(ckpts) == 1
+    ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    # the reported bits are the checkpoint's val/loss in bits
+    score = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")][0]["best_model_score"]
+    assert bits == pytest.approx(float(score) / torch.log(torch.tensor(2.0)).item(), abs=1e-3)
+    vocab = CharVocab.from_dict(ckpt[VOCAB_KEY]["state"])
+    assert set("def ") <= set(vocab.itos) and set(vocab.itos) - {"<unk>"} <= set(fitted["corpus"].read_text())
+    assert ckpt["hyper_parameters"]["vocab_size"] == len(vocab)  # linked from the data module
+    assert "sample (temperature" in out and "W&B run:" in out and str(ckpts[0].resolve()) in out
+
+
+def test_generate_from_checkpoint(fitted: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = next((fitted["dir"] / "runs").rglob("best.ckpt"))
+    main(["generate", "--ckpt", str(ckpt), "--prompt", "def ", "--max_new_tokens", "25", "--seed", "1"])
+    first = capsys.readouterr().out
+    main(["generate", "--ckpt", str(ckpt), "--prompt", "def ", "--max_new_tokens", "25", "--seed", "1"])
+    second = capsys.readouterr().out
+    assert first.startswith("def ") and len(first.rstrip("\n")) == 4 + 25
+    assert first == second  # seeded
+
+
+def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = _corpus(tmp_path / "c.py")
+    args = ["fit", "--config", str(CONFIG), f"--data.init_args.source={corpus}", *TINY]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = capsys.readouterr().out
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(printed)
+    cfg = yaml.safe_load(printed)
+    assert cfg["model"]["class_path"] == "lightning_rnn.RNNLanguageModel"
+    assert cfg["model"]["init_args"]["hidden_size"] == 16 and cfg["trainer"]["max_steps"] == 20
+    assert "vocab_size" not in cfg["model"]["init_args"]  # linked, not configurable
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(saved), "--print_config"])
+    assert capsys.readouterr().out == printed
+    # and the saved config trains
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(saved), "--trainer.max_steps=2", "--trainer.logger=false",
+          "--report.max_new_tokens=0"])
+    assert "no validation ran" in capsys.readouterr().out
+
+
+def _error_line(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lightning-rnn: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty_file", "empty_dir", "binary"])
+def test_bad_source_is_one_line_error(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "corpus.txt"
+    if kind == "empty_file":
+        path.write_text("")
+    elif kind == "empty_dir":
+        path = tmp_path / "texts"
+        path.mkdir()
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 20)
+    line = _error_line(capsys, ["fit", "--config", str(CONFIG), f"--data.init_args.source={path}", *TINY])
+    assert str(path) in line
+    expected = {"missing": "does not exist", "empty_file": "empty", "empty_dir": "empty", "binary": "not UTF-8"}
+    assert expected[kind] in line
+
+
+def test_bad_checkpoint_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.ckpt"
+    assert "does not exist" in _error_line(capsys, ["generate", "--ckpt", str(missing)])
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert "not a PyTorch checkpoint" in _error_line(capsys, ["generate", "--ckpt", str(garbage)])
+    # a Lightning checkpoint whose weights do not fit RNNLanguageModel
+    from lightning_rnn import RNNLanguageModel
+
+    lm = RNNLanguageModel(vocab_size=5, embedding_dim=4, hidden_size=4)
+    state = {k: v for k, v in lm.state_dict().items() if not k.startswith("decoder")}
+    wrong = tmp_path / "wrong.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": dict(lm.hparams),
+                VOCAB_KEY: {"class_path": "lightning_rnn.data.vocab.CharVocab",
+                            "state": CharVocab.build("abcd").to_dict()}}, wrong)
+    assert "does not match RNNLanguageModel" in _error_line(capsys, ["generate", "--ckpt", str(wrong)])
+
+
+def test_library_value_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = _corpus(tmp_path / "c.py")
+    line = _error_line(capsys, ["fit", "--config", str(CONFIG), f"--data.init_args.source={corpus}", *TINY,
+                                "--model.init_args.cell=transformer"])
+    assert "cell" in line and "lstm" in line
