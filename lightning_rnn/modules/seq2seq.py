@@ -288,6 +288,19 @@ class Seq2SeqAttention(L.LightningModule):
         self.log("train/teacher_forcing", ratio, batch_size=src.size(0))
         return loss
 
+    def _reset_metrics(self, stage: str) -> None:
+        # a `trainer.validate()` before `fit()` leaves the metric states as inference tensors, which the
+        # next evaluation loop may not update in place: give every state a normal tensor again
+        with torch.inference_mode(False):
+            for name in ("loss", "token_acc", "exact_match", "bleu", "cer"):
+                getattr(self, f"{stage}_{name}").reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics("test")
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
 
