@@ -215,3 +215,29 @@ def test_bad_input():
         model.generate(src, lengths, max_len=0)
     with pytest.raises(ValueError, match=r"\['rnn', 'lstm', 'gru'\]"):
         Bridge("lstm", 4, 1, True, "transformer", 4, 1)
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_general"])
+def test_decoder_step_matches_the_papers_ordering(attention):
+    dec = AttentionDecoder(9, 4, 6, memory_size=5, num_layers=1, cell="gru", attention=attention).eval()
+    keys, mask = torch.randn(2, 3, 5), torch.tensor([[True, True, True], [True, True, False]])
+    memory = dec.prepare_memory(keys, mask)
+    h0 = torch.randn(2, 6)
+    state = dec.init_state(2, (h0,))
+    if attention == "luong_general":
+        state = state._replace(feed=torch.randn(2, 6))
+    tokens = torch.tensor([3, 7])
+    logits, new_state, weights = dec.step(state, tokens, memory)
+    e = dec.embedding(tokens)
+    if attention == "bahdanau":  # query = previous state; context enters the cell
+        ctx, w = dec.attention(h0, keys, mask)
+        h1 = dec.cells[0](torch.cat([e, ctx], -1), h0)
+        out = torch.tanh(dec.out_proj(torch.cat([h1, ctx, e], -1)))
+    else:  # cell on [e; h~_{t-1}]; query = current state; h~ = tanh(W [c; h])
+        h1 = dec.cells[0](torch.cat([e, state.feed], -1), h0)
+        ctx, w = dec.attention(h1, keys, mask)
+        out = torch.tanh(dec.out_proj(torch.cat([ctx, h1], -1)))
+        torch.testing.assert_close(new_state.feed, out)
+    torch.testing.assert_close(weights, w)
+    torch.testing.assert_close(new_state.hidden[0], h1)
+    torch.testing.assert_close(logits, dec.generator(out))
