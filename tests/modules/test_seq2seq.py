@@ -102,3 +102,23 @@ def test_bad_input():
         model(b["src"] + 9, b["src_lengths"], b["tgt_in"])
     with pytest.raises(ValueError, match="Expected max_len >= 1, got 0"):
         model.generate(b["src"], b["src_lengths"], max_len=0)
+
+
+def test_attention_maps_go_to_wandb_log_image(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="s2s-test")
+    calls = []
+    monkeypatch.setattr(logger, "log_image", lambda key, images, step=None, **kw: calls.append((key, images)))
+    data = ReversalDataset(16, num_symbols=6, min_len=2, max_len=5, seed=0)
+    loader = DataLoader(data, batch_size=8, collate_fn=Seq2SeqCollate())
+    model = Seq2SeqAttention(data.vocab_size, data.vocab_size, embedding_dim=4, hidden_size=4, num_attention_maps=2)
+    try:
+        _trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=logger, num_sanity_val_steps=0).fit(
+            model, loader, loader
+        )
+    finally:
+        wandb.finish()
+    assert len(calls) == 1 and calls[0][0] == "val/attention"
+    assert len(calls[0][1]) == 2 and all(os.path.isfile(p) and p.endswith(".png") for p in calls[0][1])
