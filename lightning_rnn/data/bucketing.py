@@ -10,13 +10,38 @@ from torch.utils.data import Sampler
 __all__ = ["BucketBatchSampler"]
 
 
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+    return value
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Yield batches of indices whose sequences have similar lengths.
 
-    Indices are shuffled (seeded by ``seed + epoch``, see :meth:`set_epoch`), cut into pools of
-    ``batch_size * bucket_size_multiplier``, each pool sorted by length and cut into batches; the batches are
-    shuffled again. Every index appears exactly once per epoch (the last batch may be smaller unless
-    ``drop_last``). Use as ``DataLoader(ds, batch_sampler=BucketBatchSampler(lengths, 32), collate_fn=pad_collate)``.
+    Each epoch, the indices are shuffled (a generator seeded with ``seed + epoch``, see :meth:`set_epoch`),
+    cut into pools of ``batch_size * bucket_size_multiplier``, each pool is sorted by length and cut into
+    batches, and the order of the batches is shuffled again. Every index appears exactly once per epoch;
+    only the very last batch can be smaller than ``batch_size`` (dropped with ``drop_last``). With
+    ``shuffle=False`` there is no randomness: pools are consecutive indices. The same ``seed`` and epoch give
+    the same batches on every machine.
+
+    Use it as ``DataLoader(dataset, batch_sampler=BucketBatchSampler(lengths, 32), collate_fn=pad_collate)``.
+
+    Distributed: pass ``num_replicas`` / ``rank``; every rank computes the same global batches and takes
+    every ``num_replicas``-th one (the list is padded by repeating its first batches so all ranks get the
+    same number). With Lightning, also pass ``Trainer(use_distributed_sampler=False)`` so that Lightning
+    does not try to re-wrap it, and call :meth:`set_epoch` (Lightning does so for samplers that have it).
+
+    Args:
+        lengths: the length of every item of the dataset.
+        batch_size: items per batch.
+        shuffle: shuffle within and between pools every epoch.
+        bucket_size_multiplier: pool size in batches. Larger pools cut more padding but make batches less
+            random.
+        drop_last: drop the last batch when it is smaller than ``batch_size``.
+        seed: base seed of the shuffling.
+        num_replicas, rank: shard the batches over ranks.
 
     Example::
 
@@ -34,37 +59,59 @@ class BucketBatchSampler(Sampler[list[int]]):
         bucket_size_multiplier: int = 50,
         drop_last: bool = False,
         seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"Expected batch_size >= 1, got {batch_size}")
-        if bucket_size_multiplier < 1:
-            raise ValueError(f"Expected bucket_size_multiplier >= 1, got {bucket_size_multiplier}")
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
+        self.batch_size = _positive_int("batch_size", batch_size)
+        _positive_int("bucket_size_multiplier", bucket_size_multiplier)
+        self.lengths = [int(n) for n in (lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths)]
+        if any(n < 0 for n in self.lengths):
+            raise ValueError(f"Expected lengths >= 0, got {min(self.lengths)}")
+        if (num_replicas is None) != (rank is None):
+            raise ValueError(
+                f"Expected num_replicas and rank given together, got num_replicas={num_replicas!r}, rank={rank!r}"
+            )
+        if num_replicas is not None:
+            _positive_int("num_replicas", num_replicas)
+            if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+                raise ValueError(f"Expected rank in [0, {num_replicas}), got {rank!r}")
         self.shuffle = shuffle
-        self.pool = batch_size * bucket_size_multiplier
+        self.bucket_size_multiplier = bucket_size_multiplier
+        self.pool = batch_size * bucket_size_multiplier  # a multiple of batch_size: only the last batch is short
         self.drop_last = drop_last
         self.seed = seed
+        self.num_replicas = num_replicas or 1
+        self.rank = rank or 0
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Use the shuffle of ``epoch`` (seeded with ``seed + epoch``) from the next iteration on."""
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _global_batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         n = len(self.lengths)
         order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
         batches: list[list[int]] = []
         for p in range(0, n, self.pool):
-            pool = sorted(order[p : p + self.pool], key=lambda i: self.lengths[i])
+            pool = sorted(order[p : p + self.pool], key=lambda i: self.lengths[i])  # stable
             for b in range(0, len(pool), self.batch_size):
                 batch = pool[b : b + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
                     batches.append(batch)
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._global_batches()
+        if self.num_replicas > 1 and batches:
+            total = len(self) * self.num_replicas
+            batches = (batches * (total // len(batches) + 1))[:total]
+            batches = batches[self.rank :: self.num_replicas]
         return iter(batches)
 
     def __len__(self) -> int:
         n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-batches // self.num_replicas)

@@ -56,10 +56,19 @@ def read_text_source(
 ) -> list[tuple[str, str]]:
     """Read ``source`` into a list of documents ``(name, text)``.
 
-    ``source`` is a text file, a directory (every file matching ``pattern`` below it, recursively, sorted;
-    one document per file), a list of files, or a literal string. A string that is not an existing path is
+    ``source`` is a text file, a directory (every file matching ``pattern`` — a glob such as ``"*.py"`` — below
+    it, recursively, sorted by path; hidden files and directories skipped; empty files skipped; one document
+    per file), a list of files, or a literal string. A string that is not an existing path is
     text — unless it looks like a path (contains a path separator, starts with ``.``/``~``, or is a single
     word with a suffix such as ``corpus.txt``), in which case a missing path is an error, not text.
+
+    Args:
+        source: see above. A :class:`os.PathLike` is always a path.
+        pattern: glob selecting the files of a directory.
+        max_bytes: keep at most this many characters in total (the last document is cut).
+
+    Returns:
+        ``[(name, text), ...]``: the file path (or ``"<string>"``) and its text, in order.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -75,7 +84,11 @@ def read_text_source(
         if not path.exists():
             raise FileNotFoundError(f"Expected an existing text file or directory, got {str(source)!r} (not found)")
         if path.is_dir():
-            files = sorted(p for p in path.rglob(pattern) if p.is_file())
+            files = sorted(
+                p
+                for p in path.rglob(pattern)
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not files:
                 raise ValueError(f"Expected text files matching {pattern!r} in directory {path}, got none")
             docs = [(str(p), _read_file(p)) for p in files]

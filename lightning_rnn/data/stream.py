@@ -3,91 +3,185 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_rnn.data.corpus import read_text_source, stdlib_corpus_files
 from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
 
 __all__ = ["StreamChunks", "TextStreamDataModule", "batchify"]
 
-_LEVELS = {"char": CharVocab, "word": WordVocab}
+_LEVELS: dict[str, type[Vocab]] = {"char": CharVocab, "word": WordVocab}
+_SPLITS = ("train", "val", "test")
+_DEFAULT_CORPUS_BYTES = 4_000_000
 
 
 def batchify(tokens: Tensor, rows: int) -> Tensor:
-    """Lay a 1-D token stream out as ``rows`` contiguous streams: ``(rows, n)`` with ``n = len // rows``.
+    """Lay a 1-D token stream out as ``rows`` contiguous streams.
 
-    Row ``b`` holds tokens ``[b*n, (b+1)*n)``; the tail that does not fill a row is dropped (AWD-LSTM).
+    Row ``b`` holds tokens ``[b*n, (b+1)*n)`` with ``n = len // rows``; the tail that does not fill a row is
+    dropped (AWD-LSTM's ``batchify``).
+
+    Inputs: tokens ``(M,)``.
+    Outputs: a view ``(rows, M // rows)``.
     """
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"Expected rows to be a positive int, got {rows!r}")
+    if tokens.dim() != 1:
+        raise ValueError(f"Expected a 1-D token stream, got shape {tuple(tokens.shape)}")
     n = tokens.numel() // rows
     return tokens[: n * rows].view(rows, n)
 
 
-class StreamChunks(IterableDataset):
-    """Consecutive ``(inputs, targets)`` chunks ``(B, bptt)`` of a batchified stream ``(B, n)``.
+class StreamChunks(Dataset):
+    """Consecutive chunks of a batchified stream: item ``i`` is chunk ``i`` of every row.
 
-    Chunk ``i`` is columns ``[i*bptt, (i+1)*bptt)``; targets are shifted by one, so chunk ``i+1`` of every row
-    starts exactly where chunk ``i`` ended. Only full chunks are produced (``(n - 1) // bptt`` of them).
-    With ``resets`` (bool ``(B, n)``, True where a document starts), batches are dicts with a ``"reset"``
-    entry ``(B,)``: True for rows where a document started inside the previous chunk or at this chunk's
-    first position — the model then restarts those rows' state at this chunk (at most ``bptt`` tokens of
-    the new document are read with the old document's state).
+    Chunk ``i`` is columns ``[i*bptt, (i+1)*bptt)`` of ``streams`` as inputs and the same columns shifted by
+    one as targets, so chunk ``i+1`` of every row starts exactly where chunk ``i`` ended and a model can carry
+    its recurrent state from one chunk to the next. A stream of ``n`` tokens gives ``(n - 1) // bptt`` full
+    chunks; with ``drop_last=False`` a final shorter chunk (``(n - 1) % bptt`` steps, when that is not 0)
+    follows them.
 
-    An ``IterableDataset``, so Lightning never injects a (shuffling) ``DistributedSampler``: each rank is
-    given its own streams by :class:`TextStreamDataModule`.
+    With ``doc_starts`` (bool ``(B, n)``, True at the first token of every document) items are dicts with a
+    ``"reset"`` entry ``(B,)``: True for rows where a document started inside the previous chunk (after its
+    first position) or at this chunk's first position. A model resets those rows' state before this chunk,
+    so the state never carries from one document into the next by more than one chunk (the tokens of a new
+    document inside the chunk where it begins are read with the old document's state).
+
+    Args:
+        streams: token ids ``(B, n)``, one contiguous stream per row (see :func:`batchify`).
+        bptt: chunk length.
+        doc_starts: optional bool ``(B, n)`` document starts.
+        drop_last: drop the final chunk when it is shorter than ``bptt`` (default) or hand it out.
+
+    Outputs (item ``i``): ``(inputs, targets)`` LongTensors ``(B, T)`` with ``T = bptt`` (``T < bptt`` only for
+    the final chunk with ``drop_last=False``), or ``{"inputs", "targets", "reset"}`` with ``doc_starts``.
+
+    Example::
+
+        >>> ds = StreamChunks(torch.arange(14).view(2, 7), bptt=3)
+        >>> len(ds), ds[1][0].tolist(), ds[1][1].tolist()
+        (2, [[3, 4, 5], [10, 11, 12]], [[4, 5, 6], [11, 12, 13]])
     """
 
-    def __init__(self, streams: Tensor, bptt: int, resets: Tensor | None = None) -> None:
+    def __init__(self, streams: Tensor, bptt: int, doc_starts: Tensor | None = None, *, drop_last: bool = True):
         super().__init__()
+        if streams.dim() != 2:
+            raise ValueError(f"Expected streams of shape (B, n), got {tuple(streams.shape)}")
+        if isinstance(bptt, bool) or not isinstance(bptt, int) or bptt < 1:
+            raise ValueError(f"Expected bptt to be a positive int, got {bptt!r}")
+        if doc_starts is not None and doc_starts.shape != streams.shape:
+            raise ValueError(
+                f"Expected doc_starts of the streams' shape {tuple(streams.shape)}, got {tuple(doc_starts.shape)}"
+            )
         self.streams = streams
         self.bptt = bptt
-        self.resets = resets
+        self.doc_starts = doc_starts
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        return max(0, (self.streams.shape[1] - 1) // self.bptt)
+        steps = max(0, self.streams.shape[1] - 1)  # positions that have a target
+        return steps // self.bptt if self.drop_last else -(-steps // self.bptt)
+
+    def __getitem__(self, i: int) -> Any:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"Expected a chunk index in [0, {len(self)}), got {i}")
+        i %= len(self)
+        k = self.bptt
+        end = min((i + 1) * k, self.streams.shape[1] - 1)
+        inputs = self.streams[:, i * k : end]  # (B, T)
+        targets = self.streams[:, i * k + 1 : end + 1]  # (B, T), shifted by one
+        if self.doc_starts is None:
+            return inputs, targets
+        lo = max(0, (i - 1) * k + 1)
+        reset = self.doc_starts[:, lo : i * k + 1].any(dim=1)  # (B,)
+        return {"inputs": inputs, "targets": targets, "reset": reset}
 
     def __iter__(self) -> Iterator[Any]:
-        k = self.bptt
         for i in range(len(self)):
-            inputs = self.streams[:, i * k : (i + 1) * k]
-            targets = self.streams[:, i * k + 1 : (i + 1) * k + 1]
-            if self.resets is None:
-                yield inputs, targets
-            else:
-                lo = max(0, (i - 1) * k + 1)
-                reset = self.resets[:, lo : i * k + 1].any(dim=1)
-                yield {"inputs": inputs, "targets": targets, "reset": reset}
+            yield self[i]
+
+
+class _InOrderStreamSampler(DistributedSampler):
+    """Yields ``0, 1, ..., len(dataset) - 1`` in order, every epoch.
+
+    A :class:`DistributedSampler` subclass only so that Lightning (``use_distributed_sampler=True``, the
+    default) sees the loader as already distributed and does not replace it: the rank's share of the data
+    is already decided by :class:`TextStreamDataModule` (its own rows), and a ``DistributedSampler`` would
+    deal chunk ``i`` to rank ``i % world_size`` and break every stream.
+    """
+
+    def __init__(self, dataset: StreamChunks, rank: int, world_size: int) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self.dataset)))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
 
 
 class TextStreamDataModule(LightningDataModule):
     """A text corpus as streams of token ids for truncated-BPTT language modelling.
 
-    The source is tokenised (characters by default), split contiguously into train / val / test (by
-    fraction), and each split is laid out as ``batch_size x world_size`` contiguous streams. Batches are
-    consecutive ``(inputs, targets)`` LongTensor chunks ``(batch_size, bptt)`` (targets shifted by one): batch
-    ``i+1`` of every row begins exactly where batch ``i`` ended, so a model can carry its state across batches
-    (``RNNLanguageModel(carry_state=True)``). Nothing is ever shuffled. Under DDP, rank ``r`` owns rows
-    ``[r*batch_size, (r+1)*batch_size)`` of the global layout (contiguous blocks of the corpus, fairseq-style)
-    and every rank yields the same number of batches.
+    The source is tokenised (characters by default, or whitespace words), split contiguously into
+    train / val / test by fraction (train first, test last), and each split is laid out as
+    ``G = batch_size x world_size`` contiguous streams (:func:`batchify`). Batches are consecutive
+    ``(inputs, targets)`` LongTensor chunks ``(batch_size, bptt)``, targets shifted by one: batch ``i+1`` of
+    every row begins exactly where batch ``i`` ended, so a model can carry its state across batches
+    (``RNNLanguageModel(carry_state=True)``). Nothing is ever shuffled; every epoch starts at the beginning
+    of the streams, so the stream position at an epoch boundary needs no state to resume.
+
+    **Distributed.** Rank ``r`` owns rows ``[r*batch_size, (r+1)*batch_size)`` of the ``G``-row layout: a
+    contiguous block of the corpus (fairseq-style). The union of the ranks' batches is the one-process batch
+    with ``batch_size x world_size`` rows, and every rank yields the same number of batches. Rank and world
+    size come from ``self.trainer`` (set by Lightning before ``setup``), else from an initialised
+    ``torch.distributed`` group, else ``0`` / ``1``; ``rank`` / ``world_size`` arguments override them. The
+    dataloaders are map-style (item ``i`` = chunk ``i``, :class:`StreamChunks`) with an in-order sampler that
+    Lightning leaves alone: ``Trainer(use_distributed_sampler=True)`` (the default) does not inject a
+    ``DistributedSampler`` into them, and ``num_workers > 0`` keeps the order.
+
+    **Documents.** With ``mark_documents=True`` (one document per file of a directory / list source)
+    batches are dicts ``{"inputs", "targets", "reset"}``; ``reset`` (bool ``(batch_size,)``) marks rows whose
+    state should be reset before this batch (see :class:`StreamChunks` for the exact rule).
+
+    **Chunk length.** ``bptt`` and ``batch_size`` are plain attributes, read when a dataloader is built: a
+    change (e.g. by an adaptive-truncation callback) takes effect at the next ``train_dataloader()`` call. A
+    ``Trainer`` builds its dataloaders once unless ``Trainer(reload_dataloaders_every_n_epochs=1)``, which
+    makes a change take effect from the next epoch. The final chunk of a split, when shorter than ``bptt``,
+    is dropped unless ``drop_last=False``.
 
     Args:
         source: a text file, a directory of text files (``pattern`` selects them; one document per file), a
-            literal string, or ``None`` for the default corpus: the Python standard library's own ``*.py``
-            files (:func:`stdlib_corpus_files`, a few MB of real text present on every machine).
+            list of files, a literal string (see :func:`read_text_source` for when a string is a path), or
+            ``None`` for the default corpus: the Python standard library's own top-level ``*.py`` files
+            (:func:`stdlib_corpus_files`), a few MB of real text present on every machine.
         batch_size: B, streams per rank.
-        bptt: chunk length handed out. Changing it takes effect when the dataloaders are rebuilt.
-        vocab: a :class:`Vocab` or a path to a saved one; ``None`` builds it from the training split.
-        level: ``"char"`` or ``"word"`` (whitespace tokens) when the vocabulary is built here.
-        val_fraction, test_fraction: contiguous tail fractions of the token stream.
+        bptt: chunk length handed out.
+        vocab: a :class:`Vocab` or a path to a saved one; ``None`` builds it from the training split only.
+        level: ``"char"`` or ``"word"`` (whitespace tokens); ``None`` means the given vocabulary's kind, else
+            ``"char"``.
+        val_fraction, test_fraction: fractions of the token stream for validation / test, in ``[0, 1)``,
+            summing to less than 1. A split of fraction 0 has no dataloader (``[]``).
         min_freq, max_size: vocabulary-building options.
-        max_bytes: read at most this many characters of the source (default: 4 MB for the stdlib corpus).
+        max_bytes: read at most this many characters of the source (default for the stdlib corpus: 4 MB).
+        pattern: glob selecting the files of a directory source.
         mark_documents: give batches as dicts with a ``"reset"`` entry at document (file) boundaries.
+        eval_batch_size: streams per rank for validation / test (default ``batch_size``).
+        drop_last: drop the final chunk of each split when it is shorter than ``bptt``.
+        num_workers, pin_memory: passed to the ``DataLoader``.
+        rank, world_size: override the distributed layout (for use without a ``Trainer``).
+
+    Raises:
+        ValueError: ``batch_size``/``bptt`` not positive, fractions out of range, an unknown ``level``, a
+            level that contradicts the vocabulary, and (when a dataloader is built) a split too short for its
+            streams — the message gives the tokens needed and the tokens there are.
 
     Example::
 
@@ -100,11 +194,11 @@ class TextStreamDataModule(LightningDataModule):
 
     def __init__(
         self,
-        source: str | os.PathLike[str] | None = None,
+        source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         batch_size: int = 32,
         bptt: int = 64,
         vocab: Vocab | str | None = None,
-        level: str = "char",
+        level: str | None = None,
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         min_freq: int = 1,
@@ -112,22 +206,47 @@ class TextStreamDataModule(LightningDataModule):
         max_bytes: int | None = None,
         pattern: str = "*",
         mark_documents: bool = False,
+        eval_batch_size: int | None = None,
+        drop_last: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("bptt", bptt)):
+        for name, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size)):
+            if name == "eval_batch_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
-        if level not in _LEVELS:
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"Expected num_workers to be an int >= 0, got {num_workers!r}")
+        if level is not None and level not in _LEVELS:
             raise ValueError(f"Expected level in {sorted(_LEVELS)}, got {level!r}")
         for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 <= frac < 1:
-                raise ValueError(f"Expected {name} in [0, 1), got {frac}")
+            if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac < 1:
+                raise ValueError(f"Expected {name} in [0, 1), got {frac!r}")
         if val_fraction + test_fraction >= 1:
             raise ValueError(f"Expected val_fraction + test_fraction < 1, got {val_fraction + test_fraction}")
+        if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
+            raise ValueError(f"Expected world_size to be a positive int, got {world_size!r}")
+        if (rank is None) != (world_size is None):
+            raise ValueError(f"Expected rank and world_size given together, got rank={rank!r}, world_size={world_size!r}")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size):
+            raise ValueError(f"Expected rank in [0, {world_size}), got {rank!r}")
+        if isinstance(vocab, str | Path):
+            vocab = Vocab.load(vocab)
+        if vocab is not None and not isinstance(vocab, Vocab):
+            raise TypeError(f"Expected vocab to be a Vocab, a path to a saved one, or None, got {type(vocab).__name__}")
+        if vocab is not None:
+            kind = vocab.kind
+            if level is not None and level != kind:
+                raise ValueError(f"Expected level={kind!r} for the given {type(vocab).__name__}, got level={level!r}")
+            level = kind
         self.source = source
         self.batch_size = batch_size
         self.bptt = bptt
-        self.level = level
+        self.level: str = level or "char"
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.min_freq = min_freq
@@ -135,75 +254,124 @@ class TextStreamDataModule(LightningDataModule):
         self.max_bytes = max_bytes
         self.pattern = pattern
         self.mark_documents = mark_documents
-        self.vocab: Vocab | None = Vocab.load(vocab) if isinstance(vocab, str | Path) else vocab
+        self.eval_batch_size = eval_batch_size
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.rank = rank
+        self.world_size = world_size
+        self.vocab: Vocab | None = vocab
+        # {"train" | "val" | "test": (ids (M,) long, doc_starts (M,) bool)}, filled once by setup()
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     # ------------------------------------------------------------------ setup
     @property
     def vocab_size(self) -> int:
-        """Size of the vocabulary (builds it from the source if needed)."""
-        if self.vocab is None:
-            self._load()
+        """Size of the vocabulary (reads the source and builds it if needed)."""
+        self._load()
         return len(self.vocab)  # type: ignore[arg-type]
 
     def _documents(self) -> list[tuple[str, str]]:
         if self.source is None:
-            files = stdlib_corpus_files(self.max_bytes or 4_000_000)
-            return read_text_source([str(p) for p in files], max_bytes=self.max_bytes or 4_000_000)
-        return read_text_source(self.source, pattern=self.pattern, max_bytes=self.max_bytes)
+            cap = self.max_bytes or _DEFAULT_CORPUS_BYTES
+            return read_text_source([str(p) for p in stdlib_corpus_files(cap)], max_bytes=cap)
+        source = self.source
+        if isinstance(source, tuple):
+            source = list(source)
+        return read_text_source(source, pattern=self.pattern, max_bytes=self.max_bytes)
 
     def _load(self) -> None:
+        """Read, tokenise, split and encode the source once (idempotent)."""
         if self._splits is not None:
             return
         docs = self._documents()
-        text = "".join(t for _, t in docs) if self.level == "char" else "\n".join(t for _, t in docs)
         cls = _LEVELS[self.level]
-        toks = cls.tokenize(text)
-        n = len(toks)
+        if self.level == "char":
+            text = "".join(t for _, t in docs)
+            doc_lengths = [len(t) for _, t in docs]
+            n = len(text)
+        else:
+            per_doc = [cls.tokenize(t) for _, t in docs]
+            doc_lengths = [len(toks) for toks in per_doc]
+            tokens = [tok for toks in per_doc for tok in toks]
+            n = len(tokens)
+        if n == 0:
+            names = ", ".join(name for name, _ in docs[:3])
+            raise ValueError(f"Expected some {self.level} tokens in the source, got none (read: {names})")
         n_test = int(n * self.test_fraction)
         n_val = int(n * self.val_fraction)
         n_train = n - n_val - n_test
         if self.vocab is None:
-            self.vocab = cls.build(cls.join(toks[:n_train]), min_freq=self.min_freq, max_size=self.max_size)
+            train_text = text[:n_train] if self.level == "char" else cls.join(tokens[:n_train])
+            self.vocab = cls.build(train_text, min_freq=self.min_freq, max_size=self.max_size)
         vocab = self.vocab
-        ids = torch.tensor([vocab.stoi.get(t, vocab.unk_id) for t in toks], dtype=torch.long)
+        if self.level == "char":
+            ids = vocab.encode(text)
+        else:
+            ids = torch.tensor([vocab.stoi.get(t, vocab.unk_id) for t in tokens], dtype=torch.long)
         starts = torch.zeros(n, dtype=torch.bool)
-        pos = 0
-        for _, doc in docs:
-            starts[min(pos, n - 1)] = True
-            pos += len(cls.tokenize(doc)) + (0 if self.level == "char" else 0)
+        offsets = torch.tensor([0, *doc_lengths[:-1]], dtype=torch.long).cumsum(0)
+        starts[offsets[offsets < n]] = True
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
         self._splits = {name: (ids[a:b], starts[a:b]) for name, (a, b) in bounds.items()}
 
+    def prepare_data(self) -> None:
+        """Nothing to download; reads happen in :meth:`setup` on every rank."""
+
     def setup(self, stage: str | None = None) -> None:
+        """Read, tokenise, split and encode the source (once; later calls do nothing) and build the
+        vocabulary from the training split when none was given (``dm.vocab`` is then set)."""
         self._load()
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
+        if self.world_size is not None:
+            return int(self.rank), self.world_size  # type: ignore[arg-type]
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
 
     def streams(self, split: str) -> tuple[Tensor, Tensor]:
-        """This rank's streams of ``split``: ``(batch_size, n)`` token ids and document starts."""
+        """This rank's streams of ``split``: token ids and document starts, both ``(B, n)``.
+
+        Raises:
+            ValueError: the split is too short for ``B x world_size`` streams of ``bptt + 1`` tokens.
+        """
+        if split not in _SPLITS:
+            raise ValueError(f"Expected split in {list(_SPLITS)}, got {split!r}")
         self._load()
         ids, starts = self._splits[split]  # type: ignore[index]
         rank, world = self._rank_world()
-        rows = self.batch_size * world
+        per_rank = self.batch_size if split == "train" else (self.eval_batch_size or self.batch_size)
+        rows = per_rank * world
         needed = rows * (self.bptt + 1)
         if ids.numel() < needed:
             raise ValueError(
                 f"Expected at least {needed} tokens in the {split} split for {rows} streams "
-                f"(batch_size={self.batch_size} x world_size={world}) of bptt + 1 = {self.bptt + 1} tokens, got "
+                f"(batch size {per_rank} x world size {world}) of bptt + 1 = {self.bptt + 1} tokens, got "
                 f"{ids.numel()} tokens. Use a longer corpus, a smaller batch_size/bptt, or change the fractions."
             )
-        block = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
+        block = slice(rank * per_rank, (rank + 1) * per_rank)
         return batchify(ids, rows)[block], batchify(starts, rows)[block]
 
-    def _loader(self, split: str) -> DataLoader:
+    def dataset(self, split: str) -> StreamChunks:
+        """This rank's chunks of ``split`` with the current ``bptt`` (item ``i`` = batch ``i``)."""
         ids, starts = self.streams(split)
-        dataset = StreamChunks(ids, self.bptt, starts if self.mark_documents else None)
-        return DataLoader(dataset, batch_size=None)
+        return StreamChunks(ids, self.bptt, starts if self.mark_documents else None, drop_last=self.drop_last)
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self.dataset(split)
+        rank, world = self._rank_world()
+        return DataLoader(
+            dataset,
+            batch_size=None,  # items are whole (B, bptt) batches
+            sampler=_InOrderStreamSampler(dataset, rank, world),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -216,10 +384,15 @@ class TextStreamDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The vocabulary travels with Lightning checkpoints, so a trained model can be sampled later."""
+        """The vocabulary and chunk length travel with Lightning checkpoints (a trained model can be sampled
+        later, and a resumed run encodes the text as the first one did)."""
         return {"vocab": self.vocab.to_dict() if self.vocab is not None else None, "bptt": self.bptt}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("vocab") is not None:
-            self.vocab = Vocab.from_dict(state_dict["vocab"])
+            vocab = Vocab.from_dict(state_dict["vocab"])
+            if vocab != self.vocab:
+                self.vocab = vocab
+                self.level = vocab.kind
+                self._splits = None  # re-encode with the restored vocabulary on next use
         self.bptt = state_dict.get("bptt", self.bptt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,6 +15,20 @@ from torch import Tensor
 __all__ = ["CharVocab", "WordVocab", "Vocab"]
 
 UNK = "<unk>"
+
+
+def _check_build_args(min_freq: int, max_size: int | None) -> None:
+    if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
+        raise ValueError(f"Expected min_freq to be an int >= 1, got {min_freq!r}")
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+        raise ValueError(f"Expected max_size to be an int >= 1 or None, got {max_size!r}")
+
+
+def _codepoints(text: str) -> Tensor:
+    """Unicode code points of ``text`` as an int32 tensor ``(L,)`` (no Python loop over characters)."""
+    if not text:
+        return torch.zeros(0, dtype=torch.int32)
+    return torch.frombuffer(bytearray(text.encode("utf-32-le", "surrogatepass")), dtype=torch.int32)
 
 
 class Vocab:
@@ -47,10 +62,7 @@ class Vocab:
     def build(cls, text: str, *, min_freq: int = 1, max_size: int | None = None) -> Vocab:
         """Build from text: tokens with at least ``min_freq`` occurrences, most frequent first (ties sorted),
         at most ``max_size`` of them (plus ``<unk>``)."""
-        if min_freq < 1:
-            raise ValueError(f"Expected min_freq >= 1, got {min_freq}")
-        if max_size is not None and max_size < 1:
-            raise ValueError(f"Expected max_size >= 1 or None, got {max_size}")
+        _check_build_args(min_freq, max_size)
         counts = Counter(cls.tokenize(text))
         kept = sorted((t for t, c in counts.items() if c >= min_freq and t != UNK), key=lambda t: (-counts[t], t))
         if max_size is not None:
@@ -74,11 +86,21 @@ class Vocab:
         return torch.tensor([self.stoi.get(t, self.unk_id) for t in self.tokenize(text)], dtype=torch.long)
 
     def decode(self, ids: Tensor | Sequence[int]) -> str:
-        """Ids -> text. Raises ValueError naming an id outside ``[0, len(vocab))``."""
-        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-        for i in values:
-            if not 0 <= int(i) < len(self.itos):
-                raise ValueError(f"Expected token ids in [0, {len(self.itos)}), got id {i}")
+        """Ids ``(L,)`` -> text. Raises ValueError naming an id outside ``[0, len(vocab))``."""
+        if isinstance(ids, Tensor):
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+                raise TypeError(f"Expected an integer tensor of token ids, got dtype {ids.dtype}")
+            if ids.dim() > 1:
+                raise ValueError(f"Expected token ids of shape (L,), got {tuple(ids.shape)}")
+            values = ids.tolist()
+        else:
+            values = list(ids)
+        size = len(self.itos)
+        for j, i in enumerate(values):
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise TypeError(f"Expected int token ids, got {i!r} ({type(i).__name__}) at position {j}")
+            if not 0 <= i < size:
+                raise ValueError(f"Expected token ids in [0, {size}), got id {i} at position {j} (vocabulary size {size})")
         return self.join(self.itos[int(i)] for i in values)
 
     # -- persistence
@@ -117,9 +139,41 @@ class CharVocab(Vocab):
 
     kind = "char"
 
+    def __init__(self, tokens: Sequence[str]) -> None:
+        super().__init__(tokens)
+        # dense code point -> id table for the single-character tokens (unk elsewhere)
+        singles = {ord(t): i for i, t in enumerate(self.itos) if len(t) == 1}
+        self._table = torch.full((max(singles, default=0) + 1,), self.unk_id, dtype=torch.long)
+        if singles:
+            self._table[torch.tensor(list(singles))] = torch.tensor(list(singles.values()))
+
     @classmethod
     def tokenize(cls, text: str) -> list[str]:
         return list(text)
+
+    @classmethod
+    def build(cls, text: str, *, min_freq: int = 1, max_size: int | None = None) -> CharVocab:
+        """Build from text: characters with at least ``min_freq`` occurrences, most frequent first (ties by
+        code point), at most ``max_size`` of them (plus ``<unk>``)."""
+        _check_build_args(min_freq, max_size)
+        counts = torch.bincount(_codepoints(text))
+        present = (counts >= min_freq).nonzero().flatten()  # code points, ascending
+        kept = [(chr(c), n) for c, n in zip(present.tolist(), counts[present].tolist())]
+        kept.sort(key=lambda tc: -tc[1])  # stable: ties stay in code-point order
+        chars = [t for t, _ in kept]
+        if max_size is not None:
+            chars = chars[:max_size]
+        return cls([UNK, *chars])
+
+    from_text = build
+
+    def encode(self, text: str) -> Tensor:
+        """Text -> LongTensor (L,) of ids, one per character; unseen characters map to ``<unk>``."""
+        cps = _codepoints(text).long()
+        if cps.numel() == 0:
+            return torch.zeros(0, dtype=torch.long)
+        known = cps < self._table.numel()
+        return torch.where(known, self._table[cps.clamp(max=self._table.numel() - 1)], self.unk_id)
 
     @classmethod
     def join(cls, tokens: Iterable[str]) -> str:
