@@ -47,7 +47,7 @@ def load(permuted: bool, seed: int, limit: int | None = None) -> tuple[TensorDat
 
 def run(cell: str, permuted: bool, args: argparse.Namespace) -> dict[str, float]:
     pl.seed_everything(args.seed, verbose=False)
-    train, test = load(permuted, args.seed, 200 if args.quick else None)
+    train, test = load(permuted, args.seed, 100 if args.quick else None)
     model = RNNClassifier(
         10,
         input_size=1,
@@ -74,7 +74,7 @@ def run(cell: str, permuted: bool, args: argparse.Namespace) -> dict[str, float]
 
 def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="200 images, 1 epoch, hidden 16: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="100 images, 1 epoch, hidden 16: a smoke run")
     parser.add_argument("--cells", default="rnn,gru,lstm")
     parser.add_argument("--orders", default="sequential,permuted")
     parser.add_argument("--epochs", type=int, default=15)
