@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -67,11 +68,13 @@ def _model(args, hidden: int) -> RNNLanguageModel:
 def _fit(args, callbacks: list[Callback], steps: int) -> tuple[float, list[float], RNNLanguageModel]:
     clock = _BatchClock(skip=1)
     model = _model(args, args.hidden)
-    trainer = Trainer(
-        accelerator="cpu", devices=1, max_steps=steps + 1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[*callbacks, clock],
-    )
-    trainer.fit(model, _loader(args.vocab, args.batch, args.bptt, steps + 1))
+    with tempfile.TemporaryDirectory() as root:  # the heatmap PNGs land here
+        trainer = Trainer(
+            accelerator="cpu", devices=1, max_steps=steps + 1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[*callbacks, clock],
+            default_root_dir=root,
+        )
+        trainer.fit(model, _loader(args.vocab, args.batch, args.bptt, steps + 1))
     tokens = steps * args.batch * args.bptt
     return tokens / (clock.end - clock.start), clock.batch_times, model
 
@@ -118,13 +121,15 @@ def main() -> None:
     parser.add_argument("--bptt", type=int, default=35)
     parser.add_argument("--steps", type=int, default=400, help="timed optimizer steps per run (multiple of 200)")
     parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions of the end-to-end runs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--big-hidden", type=int, default=512, help="hidden size of the amortised 2xH LM (0: skip)")
     args = parser.parse_args()
     if args.quick:
         args.hidden, args.steps, args.reps, args.big_hidden, args.vocab = 32, 10, 1, 0, 100
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; LSTM LM {args.layers}x{args.hidden}, "
           f"vocab {args.vocab}, batch {args.batch}x{args.bptt} tokens, {args.steps} timed steps, {args.reps} reps")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import lightning.pytorch as pl
@@ -66,6 +67,7 @@ def token_loader(n: int = 8, length: int = 12, vocab: int = 12, batch_size: int 
 
 def quiet_trainer(**kwargs: Any) -> pl.Trainer:
     defaults = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                    enable_checkpointing=False, logger=False, log_every_n_steps=1)
+                    enable_checkpointing=False, logger=False, log_every_n_steps=1,
+                    default_root_dir=tempfile.mkdtemp(prefix="lrnn-diag-"))  # never the repository
     defaults.update(kwargs)
     return pl.Trainer(**defaults)

@@ -59,17 +59,18 @@ def test_logs_expected_keys_and_values_csv(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def _train(callbacks, steps=8):
+def _train(callbacks, root, steps=8):
     seed_everything(7)
     model = TinyLSTMLM(dropout=0.4)
-    quiet_trainer(max_steps=steps, callbacks=callbacks).fit(model, token_loader(n=32, seed=3))
+    quiet_trainer(max_steps=steps, callbacks=callbacks, default_root_dir=root).fit(model, token_loader(n=32, seed=3))
     return model
 
 
-def test_training_trajectory_identical_with_and_without_monitors():
-    plain = _train([])
+def test_training_trajectory_identical_with_and_without_monitors(tmp_path):
+    plain = _train([], tmp_path)
     mon = GradientFlowMonitor(every_n_steps=2, max_lag=4, num_targets=2)
-    watched = _train([SpectralNormMonitor(every_n_steps=1), mon])
+    watched = _train([SpectralNormMonitor(every_n_steps=1), mon], tmp_path)
+    assert os.path.exists(f"{tmp_path}/gradient_flow/heatmap.png")  # logger=False: under default_root_dir
     assert len(mon.history) >= 4  # the probe (which draws random numbers) really ran
     assert watched.losses == plain.losses  # bit-identical
     for a, b in zip(plain.parameters(), watched.parameters()):
@@ -109,7 +110,7 @@ def test_state_dict_and_resume_keep_history(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     mon = GradientFlowMonitor(every_n_steps=2, max_lag=3, num_targets=2)
     model = TinyLSTMLM()
-    quiet_trainer(max_steps=4, callbacks=[mon, ckpt], enable_checkpointing=True).fit(model, token_loader(n=16))
+    quiet_trainer(max_steps=4, callbacks=[mon, ckpt], enable_checkpointing=True, default_root_dir=tmp_path).fit(model, token_loader(n=16))
     assert [h["step"] for h in mon.history] == [1, 2, 4]
     resumed = GradientFlowMonitor(every_n_steps=2, max_lag=3, num_targets=2)
     quiet_trainer(max_steps=8, callbacks=[resumed], default_root_dir=tmp_path).fit(
