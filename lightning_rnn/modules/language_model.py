@@ -295,7 +295,11 @@ class RNNLanguageModel(TBPTTModule):
         inputs, targets = _unpack(batch)
         if max_steps is not None:
             inputs, targets = inputs[:, :max_steps], targets[:, :max_steps]
-        out, step_states = self.rnn.forward_steps(self.embedding(inputs))  # (N, L, D*H)
+        out, step_states = self.rnn.forward_steps(self.embedding(inputs))  # (N, L, H)
+        if not self.rnn.residual:
+            # The loss must hang off the very tensors returned as states, or dL_t/dh_t would be 0: the top
+            # layer's h after step t equals out[:, t] (eval mode), but the kernel returns them as two tensors.
+            out = torch.stack([(s[0] if isinstance(s, tuple) else s)[-1] for s in step_states], dim=1)
         scores = self.project(out)  # (N, L, V): exact logits / log-probabilities
         losses = F.cross_entropy(
             scores.transpose(1, 2), targets, ignore_index=self.ignore_index, reduction="none"

@@ -84,3 +84,14 @@ def test_learns_real_text_below_unigram_entropy(tmp_path):
     val = t.callback_metrics["val/loss"].item()
     print(f"val loss {val:.3f} nats/char vs unigram entropy {unigram:.3f}")
     assert val < 0.75 * unigram, (val, unigram)
+
+
+def test_gradient_flow_probe_losses_depend_on_the_returned_states():
+    lm = RNNLanguageModel(30, 8, 16, num_layers=2, cell="lstm").eval()
+    x, y = torch.randint(0, 30, (2, 6)), torch.randint(0, 30, (2, 6))
+    states, losses = lm.gradient_flow_probe((x, y))
+    for t in range(6):
+        (g,) = torch.autograd.grad(losses[:, t].sum(), states[t][0], retain_graph=True)
+        assert g.abs().sum() > 0  # G(0) != 0: the loss at t reads the state at t
+    (g,) = torch.autograd.grad(losses[:, 5].sum(), states[2][0], retain_graph=True)
+    assert g.abs().sum() > 0
