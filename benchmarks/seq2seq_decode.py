@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=53)
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--sequences", type=int, default=128, help="sequences decoded per measurement (>= batch)")
+    p.add_argument("--sequences", type=int, default=64, help="sequences decoded per measurement (>= batch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()

@@ -118,7 +118,8 @@ class Seq2SeqAttention(L.LightningModule):
         embedding_dim: E (encoder and decoder).
         hidden_size: H per encoder direction.
         num_layers: encoder layers.
-        decoder_hidden_size / decoder_num_layers: default to ``hidden_size`` / ``num_layers``.
+        decoder_hidden_size / decoder_num_layers: default to ``hidden_size`` / ``num_layers``
+            (``luong_dot``: the decoder size defaults to the encoder output size ``D*hidden_size``).
         cell: ``"rnn"`` | ``"lstm"`` | ``"gru"`` (encoder and decoder).
         bidirectional: bidirectional encoder.
         attention: ``"bahdanau"`` | ``"luong_dot"`` | ``"luong_general"`` | ``"luong_concat"`` | ``"none"``.
@@ -209,6 +210,8 @@ class Seq2SeqAttention(L.LightningModule):
             if not 0 <= i < tgt_size:
                 raise ValueError(f"Expected {name} in [0, {tgt_size}) (the target vocab size), got {i}")
         dec_hidden = decoder_hidden_size or hidden_size
+        if attention == "luong_dot" and decoder_hidden_size is None:
+            dec_hidden = (2 if bidirectional else 1) * hidden_size  # dot scores need query size == key size
         dec_layers = decoder_num_layers or num_layers
         encoder = Seq2SeqEncoder(
             src_size, embedding_dim, hidden_size, num_layers, cell=cell, bidirectional=bidirectional,

@@ -79,6 +79,9 @@ def test_dict_and_tuple_batches_and_forward_outputs():
     assert logits.shape == (2, 4, 12) and attn.shape == (2, 4, 3)
     assert attn[1, :, 1:].eq(0).all()
     out = model.generate(b["src"], b["src_lengths"], beam_size=3, n_best=2, max_len=6, return_attention=True)
+    dot = Seq2SeqAttention(12, 12, embedding_dim=8, hidden_size=8, attention="luong_dot")
+    assert dot.model.decoder.hidden_size == 16  # = bidirectional encoder output size
+    assert dot(b["src"], b["src_lengths"], b["tgt_in"]).shape == (2, 4, 12)
     assert out.tokens.shape[:2] == (2, 2) and (out.scores[:, 0] >= out.scores[:, 1]).all()
     assert out.attention.shape[:2] == (2, 2)
 
