@@ -304,7 +304,8 @@ class RNNLanguageModel(TBPTTModule):
         losses = F.cross_entropy(
             scores.transpose(1, 2), targets, ignore_index=self.ignore_index, reduction="none"
         )  # (N, L)
-        return step_states, losses
+        # the probe protocol marks positions without a target by NaN (not a zero-norm sample)
+        return step_states, losses.masked_fill(targets == self.ignore_index, float("nan"))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
