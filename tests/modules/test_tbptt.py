@@ -193,16 +193,46 @@ class _RecordingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "fp16-scaler"])
 def test_module_clipping_is_applied_per_chunk(precision):
+    """The clipped norm equals the threshold on *unscaled* gradients (Lightning #18089).
+
+    "fp16-scaler" forces a real GradScaler on CPU (Lightning maps precision="16-mixed" to bf16 on CPU): had the
+    module clipped the scaled gradients, the unscaled norm seen by the optimizer would be 0.01 / scale.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     x, y = make_data(n=2, length=12)
     x = x * 100  # large gradients
-    model = SeqRegressor(tbptt_steps=4, gradient_clip_val=0.01)
+    # CPU has no fp16 LSTM kernel: the fp16 case uses a tanh RNN written with nn.Linear (fp16 matmuls exist)
+    model = (_LinearLoopRNN if precision == "fp16-scaler" else SeqRegressor)(tbptt_steps=4, gradient_clip_val=0.01)
     norms = []
     model.configure_optimizers = lambda: _NormSGD(model.parameters(), lr=0.01, log=norms)
-    trainer(precision=precision).fit(model, loader(x, y, 2))
+    if precision == "fp16-scaler":
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        kwargs = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler)]}
+    else:
+        kwargs = {"precision": precision}
+    trainer(**kwargs).fit(model, loader(x, y, 2))
     assert len(norms) == 3
     assert all(n == pytest.approx(0.01, rel=1e-3) for n in norms)
+    if precision == "fp16-scaler":
+        assert scaler.get_scale() >= 2.0**10  # the scaler was live and no step overflowed
+
+
+class _LinearLoopRNN(SeqRegressor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inp = torch.nn.Linear(3, 8)
+        self.rec = torch.nn.Linear(8, 8, bias=False)
+
+    def forward(self, x, state=None):
+        h = torch.zeros(x.shape[0], 8, device=x.device) if state is None else state
+        outs = []
+        for t in range(x.shape[1]):
+            h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
+            outs.append(h)
+        return self.head(torch.stack(outs, 1)).float(), h
 
 
 class _NormSGD(torch.optim.SGD):
