@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -8,6 +9,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_finish_wandb():
     torch.manual_seed(0)
     yield
+    # A W&B run left open by one test would be reused by the next WandbLogger (its files land elsewhere).
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

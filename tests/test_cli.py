@@ -4,6 +4,7 @@ vocabulary, `generate`, `--print_config` round trip, one-line errors for bad inp
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,23 +59,21 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One tiny `lightning-rnn fit` of examples/char_lm.yaml; shared by the tests below."""
     tmp = tmp_path_factory.mktemp("fit")
     corpus = _corpus(tmp / "corpus.py")
-    old = os.getcwd()
-    os.chdir(tmp)  # the config writes under ./runs
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WANDB_MODE", "offline")
-    mp.setenv("WANDB_SILENT", "true")
-    mp.setattr(sys, "argv", ["lightning-rnn"])
-    try:
-        from io import StringIO
-
-        out = StringIO()
-        mp.setattr(sys, "stdout", out)
-        main(["fit", "--config", str(CONFIG), f"--data.init_args.source={corpus}", *TINY])
-        mp.undo()
-    finally:
-        mp.undo()
-        os.chdir(old)
-    return {"dir": tmp, "stdout": out.getvalue(), "corpus": corpus}
+    # a fresh process: a W&B run opened by another test in this process would capture this run's records
+    # (and no WANDB_* variables inherited from it, e.g. the address of this process's W&B service)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_rnn.cli", "fit", "--config", str(CONFIG),
+         f"--data.init_args.source={corpus}", *TINY],
+        cwd=tmp,  # the config writes under ./runs
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"dir": tmp, "stdout": proc.stdout, "corpus": corpus}
 
 
 def test_fit_writes_wandb_run_with_metrics_and_heatmap(fitted: dict) -> None:
