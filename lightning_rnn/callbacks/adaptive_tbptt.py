@@ -9,6 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from typing_extensions import override
 
+from lightning_rnn.callbacks._schedule import next_bucket
 from lightning_rnn.callbacks.gradient_flow import GradientFlowMonitor
 from lightning_rnn.functional.tbptt import batch_time_length
 from lightning_rnn.functional.truncation import choose_truncation
@@ -242,8 +243,8 @@ class AdaptiveTBPTT(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        bucket = trainer.global_step // self.every_n_steps
-        if self._last_bucket is not None and bucket <= self._last_bucket:
+        bucket = next_bucket(trainer.global_step, self.every_n_steps, self._last_bucket)
+        if bucket is None:
             return
         self._last_bucket = bucket
         decision = self._decide(trainer, pl_module, batch) if trainer.is_global_zero else None

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
 from lightning_rnn.callbacks._plotting import lag_step_heatmap
+from lightning_rnn.callbacks._schedule import logger_step, next_bucket
 from lightning_rnn.functional.gradient_flow import (
     GradientFlowResult,
     SupportsGradientFlowProbe,
@@ -38,11 +39,6 @@ def _native_cpu_rnn_kernels() -> Iterator[None]:
         yield
     finally:
         torch.backends.mkldnn.enabled = previous
-
-
-def _logger_step(trainer: Trainer) -> int:
-    """The step Lightning itself logs training metrics at (what ``LearningRateMonitor`` uses)."""
-    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
 
 
 class GradientFlowMonitor(Callback):
@@ -163,8 +159,8 @@ class GradientFlowMonitor(Callback):
 
     # ------------------------------------------------------------------ probing
     def _due(self, trainer: Trainer) -> bool:
-        bucket = trainer.global_step // self.every_n_steps
-        if self._last_bucket is not None and bucket <= self._last_bucket:
+        bucket = next_bucket(trainer.global_step, self.every_n_steps, self._last_bucket)
+        if bucket is None:
             return False
         self._last_bucket = bucket
         return True
@@ -249,7 +245,7 @@ class GradientFlowMonitor(Callback):
                 for k in self.log_lags:
                     if k <= k_max:
                         metrics[f"gradient_flow/layer_{layer}/lag_{k}"] = curve[k]
-        step = _logger_step(trainer)
+        step = logger_step(trainer)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, WandbLogger):
@@ -277,7 +273,7 @@ class GradientFlowMonitor(Callback):
             [h["step"] for h in self.history], [h["curve"] for h in self.history], path,
             horizons=[h["horizon"] for h in self.history], eps=self.eps,
         )
-        step = _logger_step(trainer)
+        step = logger_step(trainer)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="gradient_flow/heatmap", images=[path], step=step)

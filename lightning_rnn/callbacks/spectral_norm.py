@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_rnn.callbacks._schedule import logger_step, next_bucket
 from lightning_rnn.functional.spectral import (
     BlockSpectralNorm,
     RecurrentWeight,
@@ -18,11 +19,6 @@ from lightning_rnn.functional.spectral import (
 )
 
 __all__ = ["SpectralNormMonitor"]
-
-
-def _logger_step(trainer: Trainer) -> int:
-    """The step Lightning itself logs training metrics at (what ``LearningRateMonitor`` uses)."""
-    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
 
 
 def _check_every_n_steps(value: Any) -> int:
@@ -120,8 +116,8 @@ class SpectralNormMonitor(Callback):
             )
 
     def _due(self, trainer: Trainer) -> bool:
-        bucket = trainer.global_step // self.every_n_steps
-        if self._last_bucket is not None and bucket <= self._last_bucket:
+        bucket = next_bucket(trainer.global_step, self.every_n_steps, self._last_bucket)
+        if bucket is None:
             return False
         self._last_bucket = bucket
         return True
@@ -148,7 +144,7 @@ class SpectralNormMonitor(Callback):
                 metrics[f"spectral_norm_bound/{n.key}"] = n.bound_ratio
         metrics["spectral_norm/max"] = max(n.sigma for n in norms)
         metrics["spectral_norm/max_bound_ratio"] = max(n.bound_ratio for n in norms)
-        step = _logger_step(trainer)
+        step = logger_step(trainer)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         if self.warn_on_explode:
