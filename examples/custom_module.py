@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -110,7 +110,30 @@ def naive_mse(data: SineData) -> float:
     return float(nn.functional.mse_loss(x, y))
 
 
-def save_figure(model: SineForecaster, data: SineData, path: Path, mse: float, baseline: float) -> None:
+class History(Callback):
+    """Keeps what the two monitors measured, for the figure (W&B / CSV get the same numbers as metrics)."""
+
+    def __init__(self, spectral: SpectralNormMonitor, clip: AdaptiveGradientClipping) -> None:
+        self.spectral, self.clip = spectral, clip
+        self.sigma: dict[str, list[tuple[int, float]]] = {}
+        self.clip_rows: list[tuple[int, float, float | None]] = []  # (step, pre-clip norm, threshold)
+        self._seen: object = None
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        last = getattr(self.spectral, "last", None)
+        if last is not None and last is not self._seen:  # a new measurement this batch
+            self._seen = last
+            for block in last:
+                self.sigma.setdefault(f"{block.layer}.{block.block}", []).append((trainer.global_step, block.sigma))
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if self.clip.last_norm is not None:  # runs after the clipping callback (listed after it)
+            self.clip_rows.append((trainer.global_step, self.clip.last_norm, self.clip.last_threshold))
+
+
+def save_figure(model: SineForecaster, data: SineData, history: History, path: Path, mse: float,
+                baseline: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,13 +144,29 @@ def save_figure(model: SineForecaster, data: SineData, path: Path, mse: float, b
     with torch.no_grad():
         pred, _ = model(x[:1])
     n = min(300, x.shape[1])
-    fig, ax = plt.subplots(figsize=(8, 2.8), dpi=100)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.2), dpi=100, gridspec_kw={"width_ratios": [2, 1, 1]})
+    ax = axes[0]
     ax.plot(x[0, :n, 0], lw=0.8, color="0.7", label="input (noisy)")
     ax.plot(y[0, :n, 0], lw=1.5, color="k", label="target (clean, 5 steps ahead)")
     ax.plot(pred[0, :n, 0], lw=1.2, color="C3", label="LSTM prediction")
     ax.set_xlabel("time step")
-    ax.set_title(f"custom TBPTTModule: validation MSE {mse:.3f} (naive baseline {baseline:.3f})", fontsize=10)
-    ax.legend(fontsize=8, loc="upper right", ncol=3)
+    ax.set_title(f"custom TBPTTModule: validation MSE {mse:.3f} (naive {baseline:.3f})", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", ncol=3)
+    ax = axes[1]
+    for key, rows in sorted(history.sigma.items()):
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], lw=1.2, label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_title("SpectralNormMonitor: σ_max of W_hh per gate", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    ax = axes[2]
+    steps = [r[0] for r in history.clip_rows]
+    ax.plot(steps, [r[1] for r in history.clip_rows], lw=0.6, color="0.6", label="pre-clip ‖g‖")
+    ax.plot(steps, [r[2] if r[2] is not None else float("nan") for r in history.clip_rows], lw=1.2, color="C0",
+            label="threshold")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_title("AdaptiveGradientClipping (quantile 0.9)", fontsize=10)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -156,6 +195,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger: Any = WandbLogger(project="lightning-rnn", name="custom_module", save_dir=args.save_dir, offline=True)
     else:
         logger = CSVLogger(args.save_dir, name="custom_module")
+    spectral = SpectralNormMonitor(every_n_steps=every // 4 or 1)
+    clip = AdaptiveGradientClipping(mode="quantile", quantile=0.9)
+    history = History(spectral, clip)
     trainer = Trainer(
         max_steps=max_steps,
         val_check_interval=1.0,
@@ -165,9 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         enable_progress_bar=not args.quick,
         enable_model_summary=False,
         callbacks=[
-            SpectralNormMonitor(every_n_steps=every),
+            spectral,
             GradientFlowMonitor(every_n_steps=every, max_lag=40, num_targets=4),
-            AdaptiveGradientClipping(mode="quantile", quantile=0.9),
+            clip,
+            history,  # after `clip`: reads the norm/threshold it just used
         ],
     )
     trainer.fit(model, datamodule=data)
@@ -178,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"ratio {mse / baseline:.3f}")
     print(f"run written under {Path(trainer.log_dir or args.save_dir).resolve()}")
     if args.figure and not args.quick:
-        save_figure(model, data, Path(args.figure), mse, baseline)
+        save_figure(model, data, history, Path(args.figure), mse, baseline)
         print(f"figure: {args.figure}")
     if args.logger == "wandb":
         import wandb
