@@ -1,0 +1,162 @@
+"""2-process CPU DDP run for tests/callbacks/test_adaptive_tbptt_ddp.py (not collected by pytest).
+
+Usage: python _ddp_adaptive_tbptt_script.py OUT_DIR. Lightning's DDP launcher re-runs this script once per extra
+rank; every rank writes OUT_DIR/rank{r}.json.
+
+Two fits per process, both ``strategy="ddp"`` on 2 CPU processes (gloo):
+
+- ``full``: 3 epochs of a short-memory recurrent model (tanh, ‖W‖ = 0.3: gradients die within a few steps)
+  started at ``tbptt_steps=24``, with ``AdaptiveTBPTT`` probing every 4 optimizer steps, so k shrinks
+  towards ``min_steps`` during the run; a checkpoint is written after every epoch.
+- ``resumed``: a fresh model and callback (again ``tbptt_steps=24``) resumed from the checkpoint after
+  epoch 2 and trained through epoch 3, to compare with the last epoch of ``full``.
+
+Per fit and rank: the ``tbptt_steps`` of every batch and of every optimizer step, the number of optimizer
+steps, the callback's ``state_dict``, the final parameters, how often the probe ran, and a fingerprint of the
+rank's local batches (the ranks must see different data, or the test proves little).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from lightning_rnn import TBPTTModule, TBPTTStep  # noqa: E402
+from lightning_rnn.callbacks import AdaptiveTBPTT  # noqa: E402
+
+START_K = 24
+LENGTH = 48  # time steps per batch (k = 24: 2 optimizer steps per batch; k = 2: 24)
+ROWS = 24  # 2 ranks x 3 batches of 4 rows per epoch
+CALLBACK_KWARGS: dict[str, Any] = dict(
+    every_n_steps=4, bias_bound=0.1, min_steps=2, max_steps=40, probe_steps=30, num_targets=4, smoothing=0.3,
+)
+
+
+class ShortMemoryRNN(TBPTTModule):
+    """h_t = tanh(W h_{t-1} + U x_t), W a fixed buffer with all singular values 0.3; y_t regressed from h_t."""
+
+    def __init__(self, hidden: int = 8, features: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        g = torch.Generator().manual_seed(0)
+        q, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=g))
+        self.register_buffer("w", q * 0.3)
+        self.inp = nn.Linear(features, hidden)
+        self.head = nn.Linear(hidden, 1)
+        self.hidden = hidden
+        self.probe_calls = 0
+
+    def _steps(self, x: torch.Tensor, h: torch.Tensor | None) -> list[torch.Tensor]:
+        h = x.new_zeros(x.shape[0], self.hidden) if h is None else h
+        u = self.inp(x)  # (N, L, H)
+        states = []
+        for t in range(x.shape[1]):
+            h = torch.tanh(h @ self.w.T + u[:, t])  # (N, H)
+            states.append(h)
+        return states
+
+    def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
+        x, y = chunk  # (N, l, 3), (N, l, 1)
+        states = self._steps(x, state)
+        pred = self.head(torch.stack(states, 1))  # (N, l, 1)
+        return TBPTTStep(F.mse_loss(pred, y), states[-1])
+
+    def gradient_flow_probe(self, batch: Any, max_steps: int | None = None):
+        self.probe_calls += 1
+        x, y = batch
+        if max_steps is not None:
+            x, y = x[:, :max_steps], y[:, :max_steps]
+        states = self._steps(x, None)
+        pred = self.head(torch.stack(states, 1))  # (N, L, 1)
+        return states, (pred - y).pow(2).squeeze(-1)  # (N, L)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class Record(pl.Callback):
+    """The k in effect at every batch and at every optimizer step (inside ``optimizer.step()``)."""
+
+    def __init__(self) -> None:
+        self.batch_k: list[int | None] = []
+        self.step_k: list[int | None] = []
+        self.batch_sums: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch_k.append(pl_module.tbptt_steps)
+        self.batch_sums.append(float(batch[0].double().sum()))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.step_k.append(pl_module.tbptt_steps)
+
+
+def _data() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(ROWS, LENGTH, 3, generator=g)  # (N, L, 3)
+    y = x.cumsum(1)[..., :1] * 0.1  # (N, L, 1)
+    return DataLoader(TensorDataset(x, y), batch_size=4)  # the DDP sampler deals rows to ranks
+
+
+def _fit(out_dir: Path, max_epochs: int, ckpt_path: str | None = None) -> dict[str, Any]:
+    pl.seed_everything(0, verbose=False)
+    model = ShortMemoryRNN(tbptt_steps=START_K)
+    cb = AdaptiveTBPTT(**CALLBACK_KWARGS)
+    record = Record()
+    callbacks: list[pl.Callback] = [cb, record]
+    if ckpt_path is None:
+        callbacks.append(ModelCheckpoint(dirpath=out_dir / "ckpt", every_n_epochs=1, save_top_k=-1))
+    trainer = pl.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=ckpt_path is None,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(out_dir),
+    )
+    trainer.fit(model, _data(), ckpt_path=ckpt_path)
+    return {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "batch_k": record.batch_k,
+        "step_k": record.step_k,
+        "batch_sums": record.batch_sums,
+        "global_step": trainer.global_step,
+        "final_k": model.tbptt_steps,
+        "state": cb.state_dict(),
+        "probe_calls": model.probe_calls,
+        "params": [p.detach().double().reshape(-1).tolist() for p in model.parameters()],
+    }
+
+
+def main(out_dir: str) -> None:
+    torch.set_num_threads(1)
+    out = Path(out_dir)
+    result = {"full": _fit(out, max_epochs=3)}
+    ckpts = glob.glob(str(out / "ckpt" / "epoch=1-*.ckpt"))  # after the 2nd epoch (written by rank 0)
+    assert len(ckpts) == 1, ckpts
+    result["resumed"] = _fit(out, max_epochs=3, ckpt_path=ckpts[0])
+    result["callback_kwargs"] = CALLBACK_KWARGS
+    result["start_k"] = START_K
+    result["length"] = LENGTH
+    (out / f"rank{result['full']['rank']}.json").write_text(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
