@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lightning_rnn.functional.tbptt import chunk_bounds
 
+from .._cpu_features import cpu_bf16_lstm_supported
 from ._tbptt_models import SeqRegressor, loader, make_data, trainer
 
 
@@ -204,8 +205,10 @@ def test_module_clipping_is_applied_per_chunk(precision):
 
     x, y = make_data(n=2, length=12)
     x = x * 100  # large gradients
-    # CPU has no fp16 LSTM kernel: the fp16 case uses a tanh RNN written with nn.Linear (fp16 matmuls exist)
-    model = (_LinearLoopRNN if precision == "fp16-scaler" else SeqRegressor)(tbptt_steps=4, gradient_clip_val=0.01)
+    # CPU has no fp16 LSTM kernel (nor a bf16 one without AVX-512): those cases use a tanh RNN written with
+    # nn.Linear (fp16/bf16 matmuls exist everywhere)
+    linear = precision == "fp16-scaler" or (precision == "bf16-mixed" and not cpu_bf16_lstm_supported())
+    model = (_LinearLoopRNN if linear else SeqRegressor)(tbptt_steps=4, gradient_clip_val=0.01)
     norms = []
     model.configure_optimizers = lambda: _NormSGD(model.parameters(), lr=0.01, log=norms)
     if precision == "fp16-scaler":
