@@ -3,6 +3,9 @@
 Usage::
 
     lightning-rnn fit --config examples/char_lm.yaml                       # the main demo
+    lightning-rnn fit --config examples/classify_code.yaml                 # RNNClassifier, stdlib snippets
+    lightning-rnn fit --config examples/tagger_delay.yaml                  # RNNTagger + TBPTT, bit streams
+    lightning-rnn fit --config examples/seq2seq_reverse.yaml               # Seq2SeqAttention, reversal
     lightning-rnn fit --config examples/char_lm.yaml --trainer.max_steps=30 --model.init_args.hidden_size=512
     lightning-rnn fit --config examples/char_lm.yaml --data.init_args.source=my_corpus.txt
     lightning-rnn fit --config examples/char_lm.yaml --print_config > my.yaml
@@ -11,10 +14,12 @@ Usage::
 
 ``fit | validate | test | predict`` are ``LightningCLI`` subcommands: the model is any ``LightningModule``
 (``--model RNNLanguageModel`` or a ``class_path`` in the config; every shipped module is registered), the
-data any ``LightningDataModule``. A data module that exposes ``vocab_size`` fills in the model's
-``vocab_size`` (so the config never repeats it). After ``fit`` the command prints the validation bits per
-token of the best checkpoint, a sample from it (language models) and where the run, its checkpoints and
-its plots are. The vocabulary is stored inside every checkpoint (key ``"lightning_rnn_vocab"``) so
+data any ``LightningDataModule``. The sizes the data module knows fill in the model's arguments of the same
+meaning, so a config never repeats them (:data:`DATA_LINKS`): ``vocab_size``, ``num_classes`` (classifier,
+tagger), ``src_vocab`` / ``tgt_vocab`` (from ``src_vocab_size`` / ``tgt_vocab_size``) and ``pad_id`` /
+``bos_id`` / ``eos_id`` (seq2seq). After ``fit`` the command prints, for a language model, the validation
+bits per token of the best checkpoint and a sample from it; for other models the best checkpoint's
+monitored metric and the last validation metrics; and where the run, its checkpoints and its plots are. The vocabulary is stored inside every checkpoint (key ``"lightning_rnn_vocab"``) so
 ``generate`` needs nothing but the checkpoint.
 
 Errors caused by the input (a ``--data.source`` that does not exist, is empty or binary; a checkpoint that
@@ -26,6 +31,8 @@ the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import math
 import os
 import sys
@@ -42,7 +49,7 @@ import lightning_rnn  # noqa: F401  (registers the shipped modules for `--model 
 import lightning_rnn.callbacks  # noqa: F401
 import lightning_rnn.data  # noqa: F401
 
-__all__ = ["LightningRNNCLI", "VocabInCheckpoint", "cli_main", "fit_report", "generate_main", "main"]
+__all__ = ["DATA_LINKS", "LightningRNNCLI", "VocabInCheckpoint", "cli_main", "fit_report", "generate_main", "main"]
 
 #: Key of the vocabulary (a JSON-able dict) inside checkpoints written by the CLI.
 VOCAB_KEY = "lightning_rnn_vocab"
@@ -79,6 +86,22 @@ def _vocab_size_of(datamodule: Any) -> int | None:
         vocab = _vocab_of(datamodule)
         size = len(vocab) if vocab is not None else None
     return int(size) if size is not None else None
+
+
+#: ``(model init argument, data module attributes tried in order)``: the links the CLI makes. Each model
+#: argument of these names is filled from the first attribute the data module has (``vocab_size`` also
+#: from ``len(data.vocab)``); when it has none, the model class's own default is used (None for a required
+#: argument, which the model then rejects with a message saying which data attribute was missing). A
+#: linked argument cannot be set in a config: it always comes from the data module.
+DATA_LINKS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("vocab_size", ("vocab_size",)),
+    ("num_classes", ("num_classes",)),
+    ("src_vocab", ("src_vocab_size", "src_vocab")),
+    ("tgt_vocab", ("tgt_vocab_size", "tgt_vocab")),
+    ("pad_id", ("pad_id",)),
+    ("bos_id", ("bos_id",)),
+    ("eos_id", ("eos_id",)),
+)
 
 
 def _vocab_to_dict(vocab: Any) -> dict[str, Any] | None:
@@ -188,10 +211,50 @@ def _run_dirs(trainer: Trainer, since: float | None = None) -> list[tuple[str, s
     return rows
 
 
+def _is_language_model(model: LightningModule, metrics: dict[str, Any]) -> bool:
+    from lightning_rnn import RNNLanguageModel
+
+    return isinstance(model, RNNLanguageModel) or any(k.endswith("/bits_per_token") for k in metrics)
+
+
+def _fmt(value: Any) -> str:
+    value = float(value)
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
+
+
 def fit_report(trainer: Trainer, model: LightningModule, datamodule: Any, *, prompt: str = "def ",
                max_new_tokens: int = 300, temperature: float = 0.8, since: float | None = None) -> str:
-    """The text printed after ``lightning-rnn fit``: bits per token, a sample, where things are."""
+    """The text printed after ``lightning-rnn fit``.
+
+    A language model (:class:`~lightning_rnn.RNNLanguageModel`, or a module logging ``*/bits_per_token``):
+    the validation bits per token of the best checkpoint, the unigram entropy of the training tokens and a
+    sample. Any other model: the best checkpoint's monitored metric and the last validation metrics
+    (``val/*``). Then where the run, the best checkpoint and the plots are.
+    """
     lines = ["", "=" * 78]
+    ckpt = trainer.checkpoint_callback
+    has_best = isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_score is not None
+    metrics = trainer.callback_metrics
+    if _is_language_model(model, metrics):
+        lines += _lm_report(trainer, model, datamodule, prompt, max_new_tokens, temperature)
+    else:
+        if has_best:
+            lines.append(f"best {ckpt.monitor} (best checkpoint): {_fmt(ckpt.best_model_score)}")
+        val = {k: v for k, v in metrics.items() if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
+        if val:
+            lines.append("last validation: " + ", ".join(f"{k} {_fmt(val[k])}" for k in sorted(val)))
+        elif "train/loss" in metrics:
+            lines.append(f"no validation ran (the run stopped before the first validation); last training loss: "
+                         f"{_fmt(metrics['train/loss'])}")
+    for what, where in _run_dirs(trainer, since):
+        lines.append(f"{what + ':':<17}{where}")
+    lines.append("=" * 78)
+    return "\n".join(lines)
+
+
+def _lm_report(trainer: Trainer, model: LightningModule, datamodule: Any, prompt: str, max_new_tokens: int,
+               temperature: float) -> list[str]:
+    lines = []
     ckpt = trainer.checkpoint_callback
     best = model
     if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path and os.path.isfile(ckpt.best_model_path):
@@ -218,10 +281,7 @@ def fit_report(trainer: Trainer, model: LightningModule, datamodule: Any, *, pro
         text = _sample_text(best.cpu(), vocab, _encodable_prompt(vocab, prompt), max_new_tokens, temperature,
                             None)
         lines += [f"sample (temperature {temperature}):", "-" * 78, text, "-" * 78]
-    for what, where in _run_dirs(trainer, since):
-        lines.append(f"{what + ':':<17}{where}")
-    lines.append("=" * 78)
-    return "\n".join(lines)
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
@@ -263,10 +323,12 @@ class LightningRNNCLI(LightningCLI):
 
     - models: any ``LightningModule`` (subclass mode; every lightning-rnn module is importable by its name);
     - data: any ``LightningDataModule`` (subclass mode);
-    - ``model.init_args.vocab_size`` is linked to the data module's ``vocab_size`` (computed when the data
-      module is instantiated), for every model that has a ``vocab_size`` argument;
+    - the model's size arguments are linked to the data module (:data:`DATA_LINKS`, computed when the data
+      module is instantiated): ``vocab_size``, ``num_classes``, ``src_vocab``, ``tgt_vocab``, ``pad_id``,
+      ``bos_id``, ``eos_id``, each for every model that has an argument of that name;
     - the vocabulary goes into every checkpoint (:class:`VocabInCheckpoint`);
-    - after ``fit``: bits per token, a sample and where the run is (:func:`fit_report`);
+    - after ``fit``: bits per token and a sample (language models) or the best monitored metric (other
+      models), and where the run is (:func:`fit_report`);
     - the saved ``config.yaml`` is overwritten by a new run in the same directory.
     """
 
@@ -280,12 +342,69 @@ class LightningRNNCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data", "model.init_args.vocab_size", compute_fn=_vocab_size_of,
-                              apply_on="instantiate")
+        self._unlinked: dict[str, tuple[str, ...]] = {}  # model argument -> data attributes that were missing
+        for arg, attrs in DATA_LINKS:
+            parser.link_arguments("data", f"model.init_args.{arg}", compute_fn=self._link_fn(arg, attrs),
+                                  apply_on="instantiate")
         parser.add_argument("--report.prompt", type=str, default="def ",
                             help="prompt of the sample printed after fit (language models)")
         parser.add_argument("--report.max_new_tokens", type=int, default=300,
                             help="length of the sample printed after fit (0: no sample)")
+
+    # ------------------------------------------------------------------ links
+    def _model_param(self, arg: str) -> inspect.Parameter | None:
+        """The configured model class's ``__init__`` parameter ``arg`` (None if it has none or is unknown)."""
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        class_path = getattr(config.get("model"), "class_path", None)
+        if not isinstance(class_path, str) or "." not in class_path:
+            return None
+        module_name, _, name = class_path.rpartition(".")
+        try:
+            return inspect.signature(getattr(importlib.import_module(module_name), name)).parameters.get(arg)
+        except (ImportError, AttributeError, TypeError, ValueError):
+            return None
+
+    def _model_default(self, arg: str) -> Any:
+        """The default of the configured model class's ``arg`` (None if it is required or unknown)."""
+        param = self._model_param(arg)
+        return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+    def _required_unlinked(self) -> list[str]:
+        """Required model arguments the data module could not fill in."""
+        params = {arg: self._model_param(arg) for arg in self._unlinked}
+        return [arg for arg, p in params.items() if p is not None and p.default is inspect.Parameter.empty]
+
+    def _link_fn(self, arg: str, attrs: tuple[str, ...]) -> Any:
+        def compute(datamodule: Any) -> Any:
+            if arg == "vocab_size":
+                value = _vocab_size_of(datamodule)
+            else:
+                value = next((getattr(datamodule, a) for a in attrs if getattr(datamodule, a, None) is not None),
+                             None)
+            if value is None:
+                self._unlinked[arg] = attrs
+                return self._model_default(arg)
+            return value
+
+        compute.__name__ = compute.__qualname__ = f"{arg}_from_data"
+        return compute
+
+    def instantiate_classes(self) -> None:
+        self._unlinked = {}
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            missing = self._required_unlinked()
+            if not missing:
+                raise
+            config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+            data_class = getattr(config.get("data"), "class_path", "the data module")
+            wanted = " or ".join(f"`{a}`" for arg in missing for a in self._unlinked[arg])
+            raise CLIError(
+                f"Expected the data module {data_class} to have {wanted} (the CLI links it to the model's "
+                f"{', '.join(missing)}), got none: add that attribute/property to the data module "
+                f"({_one_line(err)})"
+            ) from err
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config

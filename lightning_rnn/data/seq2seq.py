@@ -1,4 +1,5 @@
-"""Sequence-to-sequence batches: a padding collate with BOS/EOS, and a generated reversal task.
+"""Sequence-to-sequence batches: a padding collate with BOS/EOS, and a generated reversal task (dataset and
+data module).
 
 Batch layout used by :class:`lightning_rnn.Seq2SeqAttention` (a dict with these keys, or the same four
 tensors as a tuple in this order)::
@@ -14,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["SPECIALS", "Seq2SeqCollate", "ReversalDataset", "seq2seq_collate"]
+__all__ = ["SPECIALS", "Seq2SeqCollate", "ReversalDataModule", "ReversalDataset", "seq2seq_collate"]
 
 #: default special ids used by the helpers here: PAD=0, BOS=1, EOS=2 (symbols start at 3)
 SPECIALS = {"pad": 0, "bos": 1, "eos": 2}
@@ -119,3 +121,130 @@ class ReversalDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[list[int], list[int]]:
         src = self.samples[index]
         return src, src[::-1]
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"Expected {name} to be an int >= {low}, got {value!r}")
+
+
+class ReversalDataModule(LightningDataModule):
+    """The reversal task (joeynmt's) as a data module for :class:`~lightning_rnn.Seq2SeqAttention`.
+
+    Sources are integers ``0 .. num_symbols-1`` (ids shifted by 3: PAD=0, BOS=1, EOS=2 come first), the
+    target is the source read backwards. Train and validation lengths are uniform in ``[1, train_max_len]``;
+    test lengths in ``[1, test_max_len]``, so with the defaults (25 / 30) the test set also has lengths the
+    model never saw. The three splits use seeds ``seed + 1``, ``seed + 2``, ``seed + 3`` (the validation
+    set is a fresh sample, not a slice of the training set). Batches are :func:`seq2seq_collate` dicts
+    ``{"src" (N, S), "src_lengths" (N,), "tgt_in" (N, T), "tgt_out" (N, T)}``; the training set is
+    shuffled every epoch.
+
+    ``src_vocab_size`` / ``tgt_vocab_size`` (``num_symbols + 3``) and ``pad_id`` / ``bos_id`` / ``eos_id``
+    fill in the model's ``src_vocab`` / ``tgt_vocab`` / special ids in the ``lightning-rnn`` CLI.
+
+    Args:
+        num_train, num_val, num_test: pairs per split (``num_val`` / ``num_test`` may be 0: no loader).
+        num_symbols: size of the symbol alphabet (50: integers 0-49).
+        train_max_len: longest training / validation source.
+        test_max_len: longest test source (>= 1).
+        batch_size: pairs per training batch; eval_batch_size: per validation / test batch.
+        seed: the data is a deterministic function of the arguments.
+        num_workers: passed to the ``DataLoader``.
+
+    Example::
+
+        >>> dm = ReversalDataModule(num_train=8, num_val=4, num_test=4, batch_size=4)
+        >>> dm.setup("fit")
+        >>> b = next(iter(dm.val_dataloader()))
+        >>> n = int(b["src_lengths"][0])
+        >>> b["tgt_out"][0, :n].tolist() == b["src"][0, :n].flip(0).tolist(), dm.src_vocab_size
+        (True, 53)
+    """
+
+    pad_id = SPECIALS["pad"]
+    bos_id = SPECIALS["bos"]
+    eos_id = SPECIALS["eos"]
+
+    def __init__(
+        self,
+        num_train: int = 20_000,
+        num_val: int = 500,
+        num_test: int = 1_000,
+        num_symbols: int = 50,
+        train_max_len: int = 25,
+        test_max_len: int = 30,
+        batch_size: int = 64,
+        eval_batch_size: int = 250,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_int("num_train", num_train, 1)
+        _check_int("num_val", num_val, 0)
+        _check_int("num_test", num_test, 0)
+        _check_int("num_symbols", num_symbols, 1)
+        _check_int("train_max_len", train_max_len, 1)
+        _check_int("test_max_len", test_max_len, 1)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.num_symbols = num_symbols
+        self.train_max_len, self.test_max_len = train_max_len, test_max_len
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.seed, self.num_workers = seed, num_workers
+        self._splits: dict[str, ReversalDataset | None] = {}
+
+    @property
+    def src_vocab_size(self) -> int:
+        """Source vocabulary size: the symbols plus PAD/BOS/EOS."""
+        return self.num_symbols + len(SPECIALS)
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        """Target vocabulary size (the source's: the target is the reversed source)."""
+        return self.src_vocab_size
+
+    def split(self, name: str) -> ReversalDataset | None:
+        """The :class:`ReversalDataset` of ``"train"``, ``"val"`` or ``"test"`` (None for 0 pairs)."""
+        sizes = {
+            "train": (self.num_train, self.train_max_len, 1),
+            "val": (self.num_val, self.train_max_len, 2),
+            "test": (self.num_test, self.test_max_len, 3),
+        }
+        if name not in sizes:
+            raise ValueError(f"Expected a split in {list(sizes)}, got {name!r}")
+        if name not in self._splits:
+            n, max_len, offset = sizes[name]
+            self._splits[name] = (
+                ReversalDataset(n, num_symbols=self.num_symbols, min_len=1, max_len=max_len,
+                                offset=len(SPECIALS), seed=self.seed + offset)
+                if n else None
+            )
+        return self._splits[name]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Generate the splits the stage needs (once)."""
+        by_stage = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for name in by_stage.get(stage or "", ("train", "val", "test")):
+            self.split(name)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader | list:
+        dataset = self.split(name)
+        if dataset is None:
+            return []
+        collate = Seq2SeqCollate(pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader | list:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._loader("test", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,168 @@
+"""Generated bit streams tagged step by step: running parity and delayed copy (long-range dependencies).
+
+Each item is a random bit stream ``x_1..x_T`` (``T`` uniform in ``[length // 2, length]``) with one label per
+step:
+
+- ``"parity"``: ``y_t = x_1 xor ... xor x_t`` — one bit of memory updated every step; truncated BPTT with a
+  small chunk length learns it (the update rule only needs one step of gradient);
+- ``"delay"``: ``y_t = x_{t-d}`` (``0`` for ``t <= d``) — the label depends on the input ``d`` steps back, so
+  TBPTT with ``tbptt_steps < d`` cannot learn it (accuracy stays near 0.5) and ``tbptt_steps > d`` can.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_rnn.data.collate import pad_collate
+
+__all__ = ["BIT_TASKS", "BitStreamTaggingDataModule", "make_bit_streams"]
+
+#: the tasks :func:`make_bit_streams` generates
+BIT_TASKS = ("parity", "delay")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"Expected {name} to be an int >= {low}, got {value!r}")
+
+
+def make_bit_streams(task: str, n: int, length: int, delay: int = 15, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    """``n`` random bit streams of random length in ``[length // 2, length]``, tagged for ``task``.
+
+    Args:
+        task: ``"parity"`` (running xor) or ``"delay"`` (the input ``delay`` steps back).
+        n: number of streams.
+        length: maximum length ``T`` (>= 2).
+        delay: ``d >= 1`` of the ``"delay"`` task (ignored for ``"parity"``).
+        seed: the streams are a deterministic function of all arguments.
+
+    Returns:
+        ``[(x, y), ...]``: ``x`` and ``y`` long tensors ``(T_i,)`` with values in ``{0, 1}``.
+
+    Example::
+
+        >>> (x, y), = make_bit_streams("delay", 1, length=10, delay=2, seed=0)
+        >>> bool((y[2:] == x[:-2]).all()) and y[:2].tolist() == [0, 0]
+        True
+        >>> (x, y), = make_bit_streams("parity", 1, length=10)
+        >>> torch.equal(y, x.cumsum(0) % 2)
+        True
+    """
+    if task not in BIT_TASKS:
+        raise ValueError(f"Expected task in {BIT_TASKS}, got {task!r}")
+    _check_int("n", n, 1)
+    _check_int("length", length, 2)
+    _check_int("delay", delay, 1)
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for _ in range(n):
+        t = int(torch.randint(length // 2, length + 1, (1,), generator=g))
+        x = torch.randint(0, 2, (t,), generator=g)  # (T,)
+        if task == "parity":
+            y = torch.cumsum(x, 0) % 2
+        else:
+            y = torch.zeros_like(x)
+            if t > delay:
+                y[delay:] = x[:-delay]
+        items.append((x, y))
+    return items
+
+
+class BitStreamTaggingDataModule(LightningDataModule):
+    """Generated bit-stream tagging (running parity or delayed copy) for :class:`~lightning_rnn.RNNTagger`.
+
+    Train / val / test are :func:`make_bit_streams` with seeds ``seed``, ``seed + 1``, ``seed + 2``; batches
+    are :func:`~lightning_rnn.data.pad_collate` dicts ``{"inputs" (N, L), "lengths" (N,), "mask" (N, L),
+    "labels" (N, L)}`` (labels padded with ``-100``, the tagger's default ``ignore_index``). The training
+    set is shuffled every epoch. ``vocab_size`` (2, the input bits) and ``num_classes`` (2) fill in the
+    tagger's arguments in the ``lightning-rnn`` CLI.
+
+    Args:
+        task: ``"parity"`` or ``"delay"``.
+        length: maximum stream length ``T`` (each stream has a random length in ``[T // 2, T]``).
+        delay: ``d`` of the delay task.
+        num_train, num_val, num_test: streams per split (``num_val`` / ``num_test`` may be 0: no loader).
+        batch_size: streams per training batch; eval_batch_size: per validation / test batch.
+        seed: the data is a deterministic function of the arguments.
+        num_workers: passed to the ``DataLoader``.
+
+    Example::
+
+        >>> dm = BitStreamTaggingDataModule("delay", length=20, delay=3, num_train=8, batch_size=4)
+        >>> dm.setup("fit")
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> tuple(batch["inputs"].shape[:1]), dm.vocab_size, dm.num_classes
+        ((4,), 2, 2)
+    """
+
+    vocab_size = 2
+    num_classes = 2
+
+    def __init__(
+        self,
+        task: str = "parity",
+        length: int = 200,
+        delay: int = 15,
+        num_train: int = 512,
+        num_val: int = 128,
+        num_test: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if task not in BIT_TASKS:
+            raise ValueError(f"Expected task in {BIT_TASKS}, got {task!r}")
+        _check_int("length", length, 2)
+        _check_int("delay", delay, 1)
+        _check_int("num_train", num_train, 1)
+        _check_int("num_val", num_val, 0)
+        _check_int("num_test", num_test, 0)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        self.task, self.length, self.delay = task, length, delay
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.seed, self.num_workers = seed, num_workers
+        self._splits: dict[str, list[tuple[Tensor, Tensor]]] = {}
+
+    def split(self, name: str) -> list[tuple[Tensor, Tensor]]:
+        """The ``(x, y)`` streams of ``"train"``, ``"val"`` or ``"test"`` (generated once)."""
+        sizes = {"train": (self.num_train, 0), "val": (self.num_val, 1), "test": (self.num_test, 2)}
+        if name not in sizes:
+            raise ValueError(f"Expected a split in {list(sizes)}, got {name!r}")
+        if name not in self._splits:
+            n, offset = sizes[name]
+            self._splits[name] = (
+                make_bit_streams(self.task, n, self.length, self.delay, self.seed + offset) if n else []
+            )
+        return self._splits[name]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Generate the splits the stage needs (once)."""
+        by_stage = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+        for name in by_stage.get(stage or "", ("train", "val", "test")):
+            self.split(name)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader | list:
+        items = self.split(name)
+        if not items:
+            return []
+        return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=pad_collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader | list:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
