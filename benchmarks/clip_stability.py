@@ -24,7 +24,7 @@ diverged run counts as +inf), the best one, the fraction of steps clipped (media
 and every run's final score.
 
 Usage:
-    python benchmarks/clip_stability.py                       # both tasks: ~8 min on 2 free cores
+    python benchmarks/clip_stability.py                       # both tasks: 25 min on 2 cores shared (load ~6)
     python benchmarks/clip_stability.py --task lm --warmup 50 # one task, with LR warm-up
     python benchmarks/clip_stability.py --quick               # 3 learning rates, few steps: under a minute
 Writes docs/clip_stability.png (one panel per task) and prints Markdown tables.
