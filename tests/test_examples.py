@@ -1,4 +1,4 @@
-"""Smoke runs of examples/adding_problem.py and examples/custom_module.py (their --quick modes)."""
+"""Smoke runs of the examples (their --quick modes): adding_problem, custom_module, tagging_parity, seq2seq_reverse."""
 
 from __future__ import annotations
 
@@ -63,3 +63,27 @@ def test_custom_module_quick(tmp_path: Path) -> None:
     grad = torch.autograd.grad(losses[:, 5].sum(), states[5][0])[0]
     assert float(grad.norm()) > 0
     assert len(list(tmp_path.rglob("metrics.csv"))) == 1
+
+
+def test_tagging_parity_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    mod = _load("tagging_parity")
+    results = mod.main(["--quick"])
+    assert set(results) == {("parity", 5), ("parity", 40), ("delay", 5), ("delay", 40)}
+    assert all(0.0 <= acc <= 1.0 for acc in results.values())
+    out = capsys.readouterr().out
+    assert "| delay | 40 |" in out  # the Markdown table the README quotes
+
+
+def test_seq2seq_reverse_quick(tmp_path: Path) -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "seq2seq_reverse.py"), "--quick", "--out", str(tmp_path / "s.png")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| source length |"))
+    assert "Bahdanau exact / BLEU" in header and "Luong" in header
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
+    assert rows, proc.stdout[-2000:]
+    assert not (tmp_path / "s.png").exists()  # --quick writes no files
