@@ -44,6 +44,7 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 import lightning_rnn  # noqa: F401  (registers the shipped modules for `--model NAME`)
 import lightning_rnn.callbacks  # noqa: F401
@@ -91,8 +92,10 @@ def _vocab_size_of(datamodule: Any) -> int | None:
 #: ``(model init argument, data module attributes tried in order)``: the links the CLI makes. Each model
 #: argument of these names is filled from the first attribute the data module has (``vocab_size`` also
 #: from ``len(data.vocab)``); when it has none, the model class's own default is used (None for a required
-#: argument, which the model then rejects with a message saying which data attribute was missing). A
-#: linked argument cannot be set in a config: it always comes from the data module.
+#: argument, which the model then rejects with a message saying which data attribute was missing). A value
+#: set in the config is never overridden silently: for the shipped modules a value that differs from the data
+#: module's is an error; for other models (where a same-named argument may mean something else) the
+#: config's value wins, with a warning. Linked arguments are left out of ``--print_config``.
 DATA_LINKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vocab_size", ("vocab_size",)),
     ("num_classes", ("num_classes",)),
@@ -352,17 +355,38 @@ class LightningRNNCLI(LightningCLI):
                             help="length of the sample printed after fit (0: no sample)")
 
     # ------------------------------------------------------------------ links
-    def _model_param(self, arg: str) -> inspect.Parameter | None:
-        """The configured model class's ``__init__`` parameter ``arg`` (None if it has none or is unknown)."""
+    def _model_config(self) -> Any:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        class_path = getattr(config.get("model"), "class_path", None)
+        return config.get("model")
+
+    def _configured_model_class(self) -> type | None:
+        """The configured model class (None if unknown)."""
+        class_path = getattr(self._model_config(), "class_path", None)
         if not isinstance(class_path, str) or "." not in class_path:
             return None
         module_name, _, name = class_path.rpartition(".")
         try:
-            return inspect.signature(getattr(importlib.import_module(module_name), name)).parameters.get(arg)
-        except (ImportError, AttributeError, TypeError, ValueError):
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
             return None
+        return cls if inspect.isclass(cls) else None
+
+    def _model_param(self, arg: str) -> inspect.Parameter | None:
+        """The configured model class's ``__init__`` parameter ``arg`` (None if it has none or is unknown)."""
+        cls = self._configured_model_class()
+        try:
+            return inspect.signature(cls).parameters.get(arg) if cls is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def _user_value(self, arg: str) -> Any:
+        """The value of ``model.init_args.<arg>`` set in the config / command line (None if left at the
+        model's default or unset)."""
+        init_args = getattr(self._model_config(), "init_args", None)
+        if init_args is None or arg not in init_args:
+            return None
+        value = init_args[arg]
+        return None if value is None or value == self._model_default(arg) else value
 
     def _model_default(self, arg: str) -> Any:
         """The default of the configured model class's ``arg`` (None if it is required or unknown)."""
@@ -381,13 +405,34 @@ class LightningRNNCLI(LightningCLI):
             else:
                 value = next((getattr(datamodule, a) for a in attrs if getattr(datamodule, a, None) is not None),
                              None)
+            user = self._user_value(arg)
             if value is None:
                 self._unlinked[arg] = attrs
-                return self._model_default(arg)
+                return user if user is not None else self._model_default(arg)
+            if user is not None and user != value:
+                return self._conflict(arg, attrs, user, value, datamodule)
             return value
 
         compute.__name__ = compute.__qualname__ = f"{arg}_from_data"
         return compute
+
+    def _conflict(self, arg: str, attrs: tuple[str, ...], user: Any, value: Any, datamodule: Any) -> Any:
+        """A config value of a linked argument that differs from the data module's: an error for the shipped
+        modules (the argument means the data's size), the config's value with a warning for other models."""
+        from lightning_rnn import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention
+
+        cls = self._configured_model_class()
+        where = f"{type(datamodule).__name__}.{next(a for a in attrs if getattr(datamodule, a, None) is not None)}"
+        if cls is not None and issubclass(cls, (RNNLanguageModel, RNNClassifier, RNNTagger, Seq2SeqAttention)):
+            raise CLIError(
+                f"Expected model.init_args.{arg} to come from the data module ({where} = {value!r}), got {user!r} "
+                f"set in the config: remove model.init_args.{arg} (the CLI links it)"
+            )
+        rank_zero_warn(
+            f"model.init_args.{arg}={user!r} is set in the config; the data module has {where} = {value!r}, "
+            f"which the CLI would link to it: keeping the config's value for {getattr(cls, '__name__', 'the model')}"
+        )
+        return user
 
     def instantiate_classes(self) -> None:
         self._unlinked = {}

@@ -202,3 +202,10 @@ def test_bad_classification_source_is_one_line_error(kind: str, tmp_path: Path,
     assert str(path) in line
     expected = {"missing": "does not exist", "no_tab": "line 2", "one_class": "Expected at least 2 classes"}
     assert expected[kind] in line
+
+
+def test_linked_argument_set_in_the_config_is_not_overridden_silently(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args("classify_code", "--trainer.logger=false")
+    line = _error_line(capsys, [*args, "--model.init_args.num_classes=5"])
+    assert "Expected model.init_args.num_classes to come from the data module" in line
+    assert "TextClassificationDataModule.num_classes = 3), got 5" in line

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from lightning_rnn.data.synthetic import _check_int, _GeneratedDataModule
 
 __all__ = ["SPECIALS", "Seq2SeqCollate", "ReversalDataModule", "ReversalDataset", "seq2seq_collate"]
 
@@ -123,12 +124,7 @@ class ReversalDataset(Dataset):
         return src, src[::-1]
 
 
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Expected {name} to be an int >= {low}, got {value!r}")
-
-
-class ReversalDataModule(LightningDataModule):
+class ReversalDataModule(_GeneratedDataModule):
     """The reversal task (joeynmt's) as a data module for :class:`~lightning_rnn.Seq2SeqAttention`.
 
     Sources are integers ``0 .. num_symbols-1`` (ids shifted by 3: PAD=0, BOS=1, EOS=2 come first), the
@@ -223,28 +219,9 @@ class ReversalDataModule(LightningDataModule):
             )
         return self._splits[name]
 
-    def setup(self, stage: str | None = None) -> None:
-        """Generate the splits the stage needs (once)."""
-        by_stage = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for name in by_stage.get(stage or "", ("train", "val", "test")):
-            self.split(name)
-
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader | list:
-        dataset = self.split(name)
-        if dataset is None:
-            return []
-        collate = Seq2SeqCollate(pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader | list:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+    def collate_fn(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
+        """:class:`Seq2SeqCollate` with this data module's special ids."""
+        return Seq2SeqCollate(pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id)(batch)
 
     def predict_dataloader(self) -> DataLoader | list:
         return self._loader("test", self.eval_batch_size, shuffle=False)

@@ -6,7 +6,8 @@ step:
 - ``"parity"``: ``y_t = x_1 xor ... xor x_t`` — one bit of memory updated every step; truncated BPTT with a
   small chunk length learns it (the update rule only needs one step of gradient);
 - ``"delay"``: ``y_t = x_{t-d}`` (``0`` for ``t <= d``) — the label depends on the input ``d`` steps back, so
-  TBPTT with ``tbptt_steps < d`` cannot learn it (accuracy stays near 0.5) and ``tbptt_steps > d`` can.
+  TBPTT with ``tbptt_steps <= d`` cannot learn it (``x_{t-d}`` is never in ``y_t``'s chunk; accuracy stays
+  near 0.5) and ``tbptt_steps > d`` can.
 """
 
 from __future__ import annotations
@@ -26,9 +27,52 @@ __all__ = ["BIT_TASKS", "BitStreamTaggingDataModule", "make_bit_streams"]
 BIT_TASKS = ("parity", "delay")
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
+def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    """``ValueError`` "Expected <name> to be an int >= <low>, got ..." (``optional``: None is accepted)."""
+    if optional and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Expected {name} to be an int >= {low}, got {value!r}")
+        raise ValueError(f"Expected {name} to be an int >= {low}{' or None' if optional else ''}, got {value!r}")
+
+
+class _GeneratedDataModule(LightningDataModule):
+    """Base of the generated-data modules: each split made once by :meth:`split`, one loader per split.
+
+    Subclasses define ``split(name)`` (a dataset, empty or None for 0 items), ``collate_fn``, ``batch_size``,
+    ``eval_batch_size`` and ``num_workers``.
+    """
+
+    _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+
+    def split(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def collate_fn(self, batch: list[Any]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Generate the splits the stage needs (once; later calls reuse them)."""
+        for name in self._STAGE_SPLITS.get(stage or "", ("train", "val", "test")):
+            self.split(name)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader | list:
+        items = self.split(name)
+        if items is None or len(items) == 0:
+            return []
+        return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate_fn,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader | list:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
 
 
 def make_bit_streams(task: str, n: int, length: int, delay: int = 15, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
@@ -73,7 +117,7 @@ def make_bit_streams(task: str, n: int, length: int, delay: int = 15, seed: int 
     return items
 
 
-class BitStreamTaggingDataModule(LightningDataModule):
+class BitStreamTaggingDataModule(_GeneratedDataModule):
     """Generated bit-stream tagging (running parity or delayed copy) for :class:`~lightning_rnn.RNNTagger`.
 
     Train / val / test are :func:`make_bit_streams` with seeds ``seed``, ``seed + 1``, ``seed + 2``; batches
@@ -145,24 +189,6 @@ class BitStreamTaggingDataModule(LightningDataModule):
             )
         return self._splits[name]
 
-    def setup(self, stage: str | None = None) -> None:
-        """Generate the splits the stage needs (once)."""
-        by_stage = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-        for name in by_stage.get(stage or "", ("train", "val", "test")):
-            self.split(name)
-
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader | list:
-        items = self.split(name)
-        if not items:
-            return []
-        return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=pad_collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader | list:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+    def collate_fn(self, batch: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """:func:`~lightning_rnn.data.pad_collate` (labels padded with ``-100``)."""
+        return pad_collate(batch)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from lightning_rnn.data.collate import pad_collate
 from lightning_rnn.data.corpus import _read_file, read_text_source, stdlib_source_dir
+from lightning_rnn.data.synthetic import _check_int
 from lightning_rnn.data.vocab import CharVocab, Vocab
 
 __all__ = [
@@ -38,13 +39,6 @@ _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 _SOURCE_HINT = "a TSV file (label<TAB>text per line) or a directory with one sub-directory per class"
 
 
-def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Expected {name} to be an int >= {low}{' or None' if optional else ''}, got {value!r}")
-
-
 def stdlib_snippets(
     packages: Sequence[str] = DEFAULT_STDLIB_PACKAGES,
     *,
@@ -56,7 +50,8 @@ def stdlib_snippets(
 
     Every ``*.py`` file of the package (its test directories excluded) is cut into non-overlapping windows
     of ``snippet_length`` characters (the tail shorter than that is dropped); ``samples_per_class`` windows
-    per package are drawn without replacement with ``seed``. No two snippets share a character of source.
+    per package are drawn without replacement with ``seed``. No two snippets share a character of source, and
+    identical windows (files that start alike) are kept once, so no snippet text is in two splits.
     The result is a deterministic function of the arguments and of the Python version's stdlib.
 
     Returns:
@@ -91,6 +86,7 @@ def stdlib_snippets(
             for _, text in read_text_source([str(f) for f in files if f.stat().st_size])
             for i in range(0, len(text) - snippet_length + 1, snippet_length)
         ]
+        windows = list(dict.fromkeys(windows))  # identical windows (shared headers) would leak across splits
         if len(windows) < samples_per_class:
             raise ValueError(
                 f"Expected at least samples_per_class={samples_per_class} snippets of {snippet_length} characters "
@@ -133,7 +129,8 @@ def read_labeled_texts(source: str | os.PathLike[str]) -> list[tuple[str, str]]:
         return [(d.name, text) for d in classes for _, text in read_text_source(d)]
     text = _read_file(path)
     items = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): \f, \x1c, \u2028 are text
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         label, tab, body = line.partition("\t")
@@ -251,6 +248,7 @@ class TextClassificationDataModule(LightningDataModule):
         self._classes: list[str] | None = None
         # {"train" | "val" | "test": [(ids (L,), label), ...]}, filled once by _load()
         self._splits: dict[str, list[tuple[Tensor, int]]] | None = None
+        self._expected_classes: list[str] | None = None  # from a checkpoint (load_state_dict)
 
     # ------------------------------------------------------------------ reading
     def examples(self) -> list[tuple[str, str]]:
@@ -273,6 +271,7 @@ class TextClassificationDataModule(LightningDataModule):
         if len(classes) < 2:
             where = "the stdlib packages" if self.source is None else repr(os.fspath(self.source))
             raise ValueError(f"Expected at least 2 classes in {where}, got {len(classes)}: {classes}")
+        self._check_classes(classes)
         g = torch.Generator().manual_seed(self.seed)
         parts: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
         for c, name in enumerate(classes):
@@ -352,9 +351,18 @@ class TextClassificationDataModule(LightningDataModule):
         saved = state_dict.get("vocab")
         if saved is not None:
             vocab = Vocab.from_dict(saved)
+            if not isinstance(vocab, CharVocab):
+                raise TypeError(f"Expected a CharVocab in the checkpoint, got {type(vocab).__name__}")
             if vocab != self._vocab:
                 self._vocab = vocab  # type: ignore[assignment]
                 self._splits = None  # re-encode with the restored vocabulary on next use
         classes = state_dict.get("classes")
-        if classes is not None and self._classes is not None and list(classes) != self._classes:
-            raise ValueError(f"Expected the checkpoint's classes {list(classes)}, got {self._classes} in the data")
+        if classes is not None:
+            self._expected_classes = list(classes)  # checked now, or when the data is read (_load)
+            if self._classes is not None:
+                self._check_classes(self._classes)
+
+    def _check_classes(self, classes: list[str]) -> None:
+        expected = self._expected_classes
+        if expected is not None and classes != expected:
+            raise ValueError(f"Expected the checkpoint's classes {expected}, got {classes} in the data")

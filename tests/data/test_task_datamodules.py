@@ -188,3 +188,46 @@ def test_reversal_datamodule() -> None:
         ReversalDataModule(num_train=0)
     with pytest.raises(ValueError, match=r"Expected a split in \['train', 'val', 'test'\], got 'dev'"):
         dm.split("dev")
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+def test_tsv_keeps_form_feeds_and_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "d.tsv"
+    path.write_text("a\tpage\x0cbreak\r\nb\tline\u2028sep\n", encoding="utf-8", newline="")
+    assert read_labeled_texts(path) == [("a", "page\x0cbreak"), ("b", "line\u2028sep")]
+    path.write_text("a\tx\x0cy\nno tab\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"on line 2 of"):
+        read_labeled_texts(path)
+
+
+def test_restored_classes_are_checked_when_the_data_is_read(tmp_path: Path) -> None:
+    dm = TextClassificationDataModule(_tsv(tmp_path / "d.tsv", [f"{c}\t{c} {i}" for c in "ab" for i in range(10)]))
+    state = dm.state_dict()
+    other = TextClassificationDataModule(_tsv(tmp_path / "e.tsv", [f"{c}\t{c} {i}" for c in "ac" for i in range(10)]))
+    other.load_state_dict(state)  # before the data is read: the check waits for it
+    with pytest.raises(ValueError, match=r"Expected the checkpoint's classes \['a', 'b'\], got \['a', 'c'\]"):
+        other.setup("fit")
+
+
+def test_setup_for_test_only_then_fit_gives_the_same_splits(tmp_path: Path) -> None:
+    a, b = TextClassificationDataModule(**SMALL), TextClassificationDataModule(**SMALL)
+    a.setup("test")
+    a.setup("fit")
+    b.setup("fit")
+    for split in ("train", "val", "test"):
+        assert [(x.tolist(), y) for x, y in a.dataset(split)] == [(x.tolist(), y) for x, y in b.dataset(split)]
+    for dm_class, kwargs in ((BitStreamTaggingDataModule, {"length": 12, "num_train": 6, "num_test": 4}),
+                             (ReversalDataModule, {"num_train": 6, "num_val": 4, "num_test": 4})):
+        only_test, full = dm_class(**kwargs), dm_class(**kwargs)
+        only_test.setup("test")
+        only_test.setup("test")
+        full.setup(None)
+        first = next(iter(only_test.test_dataloader()))
+        again = next(iter(full.test_dataloader()))
+        assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_snippet_texts_are_unique_across_splits() -> None:
+    dm = TextClassificationDataModule(packages=["email", "json"], samples_per_class=300, max_length=40)
+    texts = [dm.vocab.decode(x) for s in ("train", "val", "test") for x, _ in dm.dataset(s)]
+    assert len(texts) == len(set(texts)) == 600
