@@ -22,6 +22,8 @@ from lightning_rnn import RNNClassifier, RNNTagger, Seq2SeqAttention
 from lightning_rnn.cli import VOCAB_KEY, cli_main, main
 from lightning_rnn.data import CharVocab
 
+from .test_cli import _error_line
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -164,15 +166,6 @@ def test_print_config_round_trips(name: str, tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(saved), "--print_config"])
     assert capsys.readouterr().out == printed
-
-
-def _error_line(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lightning-rnn: error: "), err
-    return err[0]
 
 
 def test_data_module_without_a_linked_size_is_one_line_error(tmp_path: Path,
