@@ -13,6 +13,7 @@ training), so tokens/s ratios carry a few percent of noise.
 Run::
 
     python benchmarks/adaptive_tbptt.py            # ~3 minutes on 2 CPU cores
+    python benchmarks/adaptive_tbptt.py --seeds 3  # each method with 3 seeds: mean / min / max val CE
     python benchmarks/adaptive_tbptt.py --quick    # seconds (smoke test)
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from typing import Any
 
@@ -86,9 +88,9 @@ class TrainTimer(Callback):
         self.seconds = time.perf_counter() - self.t0
 
 
-def run(name: str, k: int, args: argparse.Namespace, adaptive: bool) -> dict[str, Any]:
-    seed_everything(0, verbose=False)
-    g = torch.Generator().manual_seed(1)
+def run(name: str, k: int, args: argparse.Namespace, adaptive: bool, seed: int = 0) -> dict[str, Any]:
+    seed_everything(seed, verbose=False)
+    g = torch.Generator().manual_seed(1 + 1000 * seed)  # seed 0: the data of the single-seed table
     train = [delayed_copy_batch(args.batch_size, args.length, args.vocab, args.delay, g) for _ in range(args.batches)]
     val = delayed_copy_batch(256, args.length, args.vocab, args.delay, torch.Generator().manual_seed(2))
     model = DelayedCopy(args.vocab, args.hidden, k, args.lr)
@@ -111,7 +113,7 @@ def run(name: str, k: int, args: argparse.Namespace, adaptive: bool) -> dict[str
     tokens = args.batches * args.epochs * args.batch_size * args.length
     ks = [h["steps"] for h in cb.history] if cb is not None else []
     return {"name": name, "k": model.tbptt_steps, "loss": loss, "tok_s": tokens / timer.seconds,
-            "steps": trainer.global_step, "ks": ks}
+            "steps": trainer.global_step, "ks": ks, "seed": seed}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -128,26 +130,46 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--bias-bound", type=float, default=0.1)
     p.add_argument("--min-steps", type=int, default=2)
     p.add_argument("--every", type=int, default=50, help="AdaptiveTBPTT probes every this many optimizer steps")
+    p.add_argument("--seeds", type=int, default=1, help="repeat every method with seeds 0..N-1 (init and data)")
     args = p.parse_args(argv)
     if args.quick:
         args.delay, args.length, args.hidden, args.batches, args.epochs, args.every = 4, 16, 16, 6, 1, 3
     d = args.delay
-    fixed = [("fixed k=D/2", max(2, d // 2)), ("fixed k=D+2", d + 2), ("fixed k=2D", 2 * d), ("fixed k=4D", 4 * d),
-             ("fixed k=T", args.length)]
+    fixed = [("fixed k=D/2", max(2, d // 2)), ("fixed k=D+2", d + 2), ("fixed k=2D", 2 * d), ("fixed k=4D", 4 * d)]
     seen: set[int] = set()
-    fixed = [(name, k) for name, k in fixed if k <= args.length and not (k in seen or seen.add(k))]
-    results = [run(name, k, args, adaptive=False) for name, k in fixed]
+    fixed = [(name, k) for name, k in fixed if k < args.length and not (k in seen or seen.add(k))]
+    fixed.append(("fixed k=T", args.length))
+    methods = [(name, k, False) for name, k in fixed]
     # AdaptiveTBPTT starts from the whole sequence (k=T) and shrinks k to what the measured gradient needs
-    results.append(run("AdaptiveTBPTT", args.length, args, adaptive=True))
-    ref = next(r for r in results if r["name"] == "fixed k=T")
+    methods.append(("AdaptiveTBPTT", args.length, True))
+    runs = [run(name, k, args, adaptive, seed) for seed in range(args.seeds) for name, k, adaptive in methods]
     print(f"delayed copy: D={d}, T={args.length}, V={args.vocab} (chance ln V = {math.log(args.vocab):.3f}), "
-          f"GRU {args.hidden}, {args.batches * args.epochs} batches of {args.batch_size}x{args.length}")
-    print(f"{'method':<16} {'final k':>8} {'val CE':>8} {'opt steps':>10} {'tokens/s':>10} {'tok/s vs k=T':>13}")
-    for r in results:
-        print(f"{r['name']:<16} {r['k']:>8} {r['loss']:>8.3f} {r['steps']:>10} {r['tok_s']:>10.0f} "
-              f"{r['tok_s'] / ref['tok_s']:>13.2f}")
-    adaptive = results[-1]
-    print(f"AdaptiveTBPTT k after each probe: {adaptive['ks']}")
+          f"GRU {args.hidden}, {args.batches * args.epochs} batches of {args.batch_size}x{args.length}, "
+          f"{args.seeds} seed(s)")
+    ref_tok = statistics.fmean(r["tok_s"] for r in runs if r["name"] == "fixed k=T")
+    results = []
+    if args.seeds == 1:
+        print(f"{'method':<16} {'final k':>8} {'val CE':>8} {'opt steps':>10} {'tokens/s':>10} {'tok/s vs k=T':>13}")
+    else:
+        print(f"{'method':<16} {'final k':>12} {'val CE mean':>12} {'min':>7} {'max':>7} {'tokens/s':>10} "
+              f"{'tok/s vs k=T':>13}")
+    for name, _, _ in methods:
+        rows = [r for r in runs if r["name"] == name]
+        loss = statistics.fmean(r["loss"] for r in rows)
+        tok = statistics.fmean(r["tok_s"] for r in rows)
+        ks = [r["k"] for r in rows]
+        results.append({**rows[0], "loss": loss, "tok_s": tok, "losses": [r["loss"] for r in rows], "k": ks[0],
+                        "final_ks": ks})
+        if args.seeds == 1:
+            r = rows[0]
+            print(f"{name:<16} {r['k']:>8} {loss:>8.3f} {r['steps']:>10} {tok:>10.0f} {tok / ref_tok:>13.2f}")
+        else:
+            kk = "/".join(str(k) for k in ks)
+            print(f"{name:<16} {kk:>12} {loss:>12.3f} {min(r['loss'] for r in rows):>7.3f} "
+                  f"{max(r['loss'] for r in rows):>7.3f} {tok:>10.0f} {tok / ref_tok:>13.2f}")
+    for r in runs:
+        if r["name"] == "AdaptiveTBPTT":
+            print(f"AdaptiveTBPTT k after each probe (seed {r['seed']}): {r['ks']}")
     return results
 
 
