@@ -278,6 +278,36 @@ def test_manual_optimization_clips_every_step():
     assert "grad_clip/threshold" in trainer.callback_metrics  # logging works from inside opt.step()
 
 
+def test_logs_only_on_the_batches_lightning_writes(tmp_path):
+    """self.log is called on Lightning's log_every_n_steps schedule (+ first and last batch), and the CSV rows
+    hold exactly those steps' pre-clip norms: no logged value is lost, no log call is wasted."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    cb = AdaptiveGradientClipping("quantile", quantile=0.5)
+    model = LSTMRegressor()
+    logged_batches: list[int] = []
+    original_log = model.log
+
+    def counting_log(name, *args, **kwargs):
+        if name == "grad_clip/norm":
+            logged_batches.append(model.trainer.fit_loop.epoch_loop._batches_that_stepped)
+        return original_log(name, *args, **kwargs)
+
+    model.log = counting_log
+    pre = Probe()
+    trainer = _trainer([pre, cb], logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=3)
+    torch.manual_seed(0)
+    trainer.fit(model, _data(n=80, batch_size=8))  # 10 batches, one optimizer step each
+    assert logged_batches == [0, 2, 5, 8, 9]  # first, every 3rd (Lightning's rule: (batch + 1) % 3 == 0), last
+    import csv
+
+    rows = [r for r in csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")) if r.get("grad_clip/norm")]
+    assert [int(r["step"]) for r in rows] == [2, 5, 8]  # what Lightning writes at log_every_n_steps=3
+    for r in rows:
+        assert float(r["grad_clip/norm"]) == pytest.approx(pre.norms[int(r["step"])], rel=1e-5)
+    assert float(trainer.callback_metrics["grad_clip/norm"]) == pytest.approx(pre.norms[-1], rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- precision
 def test_bf16_mixed_autocast():
     cb = AdaptiveGradientClipping("quantile", quantile=0.5)
