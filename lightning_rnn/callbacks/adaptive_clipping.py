@@ -119,8 +119,10 @@ class AdaptiveGradientClipping(Callback):
 
     Logged through ``pl_module.log`` on the batches whose step metrics Lightning writes to the loggers
     (every ``Trainer(log_every_n_steps)`` batches), on the first and the last batch of the fit, and on every
-    skipped (non-finite) step — not on the other steps, whose values no logger would receive (each ``log``
-    call costs ~0.4 ms, as much as the clipping itself). So ``trainer.callback_metrics`` holds the latest
+    skipped (non-finite) step, and at the end of a batch in which training was stopped — not on the other
+    steps, whose values no logger would receive (each ``log`` call costs ~0.4 ms, as much as the clipping
+    itself). A stop decided by a callback that runs after this one in ``on_train_batch_end`` (Lightning's
+    ``max_time`` Timer) is not seen: that last row repeats the latest logged value. So ``trainer.callback_metrics`` holds the latest
     logged step; :attr:`last_norm` / :attr:`last_threshold` always hold the current one. Keys:
     ``grad_clip/norm`` (pre-clip global norm), ``grad_clip/threshold`` (the
     norm the gradients are clipped to when above it; omitted while it is infinite, e.g. in warm-up),
@@ -235,6 +237,8 @@ class AdaptiveGradientClipping(Callback):
         self.last_norm: float | None = None
         self.last_threshold: float | None = None
         self.last_clipped: bool = False
+        # per optimizer: (state, norm, threshold) of a step whose logging was held back (see `_log`)
+        self._pending: dict[int, tuple[_OptimizerClipState, float, float | None]] = {}
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -410,8 +414,20 @@ class AdaptiveGradientClipping(Callback):
         if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step + 1:
             return True
         loop = trainer.fit_loop
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        max_epochs = trainer.max_epochs
+        last_epoch = max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
         return bool(last_epoch and loop.epoch_loop.batch_progress.is_last_batch)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Lightning also writes a batch's step metrics when training was stopped during it (after our last
+        # hook call): log the values held back so that row is not a stale earlier value.
+        if trainer.should_stop:
+            for index, (state, norm, threshold) in list(self._pending.items()):
+                self._log(trainer, pl_module, index, state, norm, threshold, force=True)
+        self._pending.clear()
 
     def _log(
         self,
@@ -421,11 +437,14 @@ class AdaptiveGradientClipping(Callback):
         state: _OptimizerClipState,
         norm: float,
         threshold: float | None,
+        force: bool = False,
     ) -> None:
         if getattr(pl_module, "_trainer", None) is None:
             return
-        if math.isfinite(norm) and not self._writes_this_batch(trainer):
+        if not force and math.isfinite(norm) and not self._writes_this_batch(trainer):
+            self._pending[index] = (state, norm, threshold)  # logged at batch end if training stops there
             return  # Lightning would not write this step's values: skip the ~0.4 ms per `log` call
+        self._pending.pop(index, None)
         suffix = f"/opt{index}" if len(trainer.optimizers) > 1 else ""
         window = state.recent_clipped
         values = {

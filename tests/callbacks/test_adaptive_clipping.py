@@ -301,11 +301,37 @@ def test_logs_only_on_the_batches_lightning_writes(tmp_path):
     assert logged_batches == [0, 2, 5, 8, 9]  # first, every 3rd (Lightning's rule: (batch + 1) % 3 == 0), last
     import csv
 
-    rows = [r for r in csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")) if r.get("grad_clip/norm")]
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("grad_clip/norm")]
     assert [int(r["step"]) for r in rows] == [2, 5, 8]  # what Lightning writes at log_every_n_steps=3
     for r in rows:
         assert float(r["grad_clip/norm"]) == pytest.approx(pre.norms[int(r["step"])], rel=1e-5)
     assert float(trainer.callback_metrics["grad_clip/norm"]) == pytest.approx(pre.norms[-1], rel=1e-5)
+
+
+def test_a_stop_between_logging_steps_still_writes_that_steps_values(tmp_path):
+    """Lightning writes the step metrics of the batch in which training stops; the held-back values are
+    logged then, so that row is the stopping step's norm, not an earlier one."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    class StopAt(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 4:
+                trainer.should_stop = True
+
+    cb = AdaptiveGradientClipping("quantile", quantile=0.5)
+    pre = Probe()
+    trainer = _trainer([pre, StopAt(), cb], logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=3)
+    torch.manual_seed(0)
+    trainer.fit(LSTMRegressor(), _data(n=80, batch_size=8))
+    assert len(pre.norms) == 5
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = {int(r["step"]): float(r["grad_clip/norm"]) for r in csv.DictReader(f) if r.get("grad_clip/norm")}
+    assert sorted(rows) == [2, 4]
+    assert rows[4] == pytest.approx(pre.norms[4], rel=1e-5)  # not batch 2's value again
+    assert rows[2] == pytest.approx(pre.norms[2], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- precision
