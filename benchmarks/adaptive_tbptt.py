@@ -7,12 +7,13 @@ k > D can, but only the k − D targets of a chunk whose source lies in the same
 learns slowly and a few times D is needed; k = T gives few optimizer steps per token. Every method trains the same GRU on the same batches (the same number of tokens); fixed
 k in {D/2, D+2, 2D, 4D, T} against ``AdaptiveTBPTT`` (started at k = T, not told D). Reported: final validation
 cross-entropy (nats per target; chance = ln V), training tokens/s (probes included), and the k each run
-ended with. One run per method, run one after the other (not interleaved repetitions: a run is a whole
-training), so tokens/s ratios carry a few percent of noise.
+ended with. One run per method and seed (``--seeds N`` repeats every method with N seeds), run one after
+the other (not interleaved repetitions: a run is a whole training), so tokens/s ratios carry a few percent
+of noise.
 
 Run::
 
-    python benchmarks/adaptive_tbptt.py            # ~3 minutes on 2 CPU cores
+    python benchmarks/adaptive_tbptt.py            # ~1.5 minutes on 2 idle CPU cores
     python benchmarks/adaptive_tbptt.py --seeds 3  # each method with 3 seeds: mean / min / max val CE
     python benchmarks/adaptive_tbptt.py --quick    # seconds (smoke test)
 """

@@ -16,7 +16,7 @@ network unrolled step by step, which ``RNNStack.forward_steps`` does for you).
 
 Run::
 
-    python examples/custom_module.py                 # ~1-2 minutes on 2 CPU cores, saves docs/custom_module.png
+    python examples/custom_module.py                 # ~25 s on 2 idle CPU cores, saves docs/custom_module.png
     python examples/custom_module.py --quick         # seconds (smoke test)
     python examples/custom_module.py --logger csv    # CSV instead of W&B (offline)
 """

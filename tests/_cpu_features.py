@@ -13,11 +13,13 @@ def cpu_bf16_lstm_supported() -> bool:
 
     oneDNN has no bf16 LSTM primitive on CPUs without AVX-512 (BF16) support: the forward raises "could not
     create a primitive descriptor for the LSTM forward propagation primitive". Tests of bf16 clipping then
-    use a recurrent model built from ``nn.Linear`` instead (bf16 matmuls exist everywhere).
+    use models built from ``nn.Linear`` instead (bf16 matmuls exist everywhere), so on such machines the
+    bf16 LSTM path itself is not exercised.
     """
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.nn.LSTM(2, 2, batch_first=True)(torch.randn(1, 3, 2))
+            out, _ = torch.nn.LSTM(2, 2, batch_first=True)(torch.randn(1, 3, 2, requires_grad=True))
+            out.float().sum().backward()
     except RuntimeError:
         return False
     return True
