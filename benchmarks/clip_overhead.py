@@ -77,6 +77,9 @@ class TimedClip(AdaptiveGradientClipping):
         self.hook_times.append(CLOCK() - t0)
 
 
+LOG_EVERY = 50  # Trainer(log_every_n_steps); --log-every-n-steps 1 logs on every step
+
+
 def fit_once(
     clip: TimedClip | None, steps: int, batch: int, length: int, seed: int
 ) -> tuple[list[float], list[float]]:
@@ -94,6 +97,7 @@ def fit_once(
         devices=1,
         callbacks=callbacks,
         logger=False,
+        log_every_n_steps=LOG_EVERY,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -111,9 +115,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=None)
     parser.add_argument("--clock", choices=["process", "wall"], default="process")
+    parser.add_argument("--stub-logging", action="store_true",
+                        help="replace the callback's logging by a no-op (what its `log` calls cost)")
+    parser.add_argument("--log-every-n-steps", type=int, default=50, help="Trainer(log_every_n_steps)")
     args = parser.parse_args()
-    global CLOCK
+    if args.stub_logging:
+        AdaptiveGradientClipping._log = lambda *a, **k: None  # type: ignore[method-assign]
+    global CLOCK, LOG_EVERY
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
+    LOG_EVERY = args.log_every_n_steps
     rounds = args.rounds or (1 if args.quick else 3)
     steps = args.steps or (3 if args.quick else 8)
     length = args.length or (16 if args.quick else 32)

@@ -35,12 +35,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _wandb_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["lightning-rnn"])
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("LIGHTNING_RNN_TRACEBACK", raising=False)
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def _corpus(path: Path) -> Path:

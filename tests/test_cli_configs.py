@@ -83,12 +83,7 @@ DATA_ATTR = {"vocab_size": "vocab_size", "num_classes": "num_classes", "src_voca
              "tgt_vocab": "tgt_vocab_size", "pad_id": "pad_id", "bos_id": "bos_id", "eos_id": "eos_id"}
 
 
-@pytest.fixture(autouse=True)
-def _wandb_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["lightning-rnn"])
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("LIGHTNING_RNN_TRACEBACK", raising=False)
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def _args(name: str, *extra: str) -> list[str]:

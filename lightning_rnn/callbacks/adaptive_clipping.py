@@ -237,8 +237,8 @@ class AdaptiveGradientClipping(Callback):
         self.last_norm: float | None = None
         self.last_threshold: float | None = None
         self.last_clipped: bool = False
-        # per optimizer: (state, norm, threshold) of a step whose logging was held back (see `_log`)
-        self._pending: dict[int, tuple[_OptimizerClipState, float, float | None]] = {}
+        # per optimizer: (norm, threshold) of the step whose logging was held back (see `_log`)
+        self._pending: dict[int, tuple[float, float | None]] = {}
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -425,8 +425,8 @@ class AdaptiveGradientClipping(Callback):
         # Lightning also writes a batch's step metrics when training was stopped during it (after our last
         # hook call): log the values held back so that row is not a stale earlier value.
         if trainer.should_stop:
-            for index, (state, norm, threshold) in list(self._pending.items()):
-                self._log(trainer, pl_module, index, state, norm, threshold, force=True)
+            for index, (norm, threshold) in list(self._pending.items()):  # _log pops them
+                self._log(trainer, pl_module, index, self._state(index), norm, threshold, force=True)
         self._pending.clear()
 
     def _log(
@@ -442,7 +442,7 @@ class AdaptiveGradientClipping(Callback):
         if getattr(pl_module, "_trainer", None) is None:
             return
         if not force and math.isfinite(norm) and not self._writes_this_batch(trainer):
-            self._pending[index] = (state, norm, threshold)  # logged at batch end if training stops there
+            self._pending[index] = (norm, threshold)  # logged at batch end if training stops there
             return  # Lightning would not write this step's values: skip the ~0.4 ms per `log` call
         self._pending.pop(index, None)
         suffix = f"/opt{index}" if len(trainer.optimizers) > 1 else ""

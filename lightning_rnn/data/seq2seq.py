@@ -174,22 +174,12 @@ class ReversalDataModule(_GeneratedDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        _check_int("num_train", num_train, 1)
-        _check_int("num_val", num_val, 0)
-        _check_int("num_test", num_test, 0)
         _check_int("num_symbols", num_symbols, 1)
         _check_int("train_max_len", train_max_len, 1)
         _check_int("test_max_len", test_max_len, 1)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("eval_batch_size", eval_batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
-        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed, num_workers)
         self.num_symbols = num_symbols
         self.train_max_len, self.test_max_len = train_max_len, test_max_len
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.seed, self.num_workers = seed, num_workers
-        self._splits: dict[str, ReversalDataset | None] = {}
 
     @property
     def src_vocab_size(self) -> int:
@@ -201,23 +191,12 @@ class ReversalDataModule(_GeneratedDataModule):
         """Target vocabulary size (the source's: the target is the reversed source)."""
         return self.src_vocab_size
 
-    def split(self, name: str) -> ReversalDataset | None:
-        """The :class:`ReversalDataset` of ``"train"``, ``"val"`` or ``"test"`` (None for 0 pairs)."""
-        sizes = {
-            "train": (self.num_train, self.train_max_len, 1),
-            "val": (self.num_val, self.train_max_len, 2),
-            "test": (self.num_test, self.test_max_len, 3),
-        }
-        if name not in sizes:
-            raise ValueError(f"Expected a split in {list(sizes)}, got {name!r}")
-        if name not in self._splits:
-            n, max_len, offset = sizes[name]
-            self._splits[name] = (
-                ReversalDataset(n, num_symbols=self.num_symbols, min_len=1, max_len=max_len,
-                                offset=len(SPECIALS), seed=self.seed + offset)
-                if n else None
-            )
-        return self._splits[name]
+    def _make_split(self, name: str, n: int) -> ReversalDataset:
+        """The :class:`ReversalDataset` of a split (seeds ``seed + 1``, ``+ 2``, ``+ 3``)."""
+        max_len = self.test_max_len if name == "test" else self.train_max_len
+        offset = {"train": 1, "val": 2, "test": 3}[name]
+        return ReversalDataset(n, num_symbols=self.num_symbols, min_len=1, max_len=max_len, offset=len(SPECIALS),
+                               seed=self.seed + offset)
 
     def collate_fn(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
         """:class:`Seq2SeqCollate` with this data module's special ids."""

@@ -38,17 +38,37 @@ def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> No
 class _GeneratedDataModule(LightningDataModule):
     """Base of the generated-data modules: each split made once by :meth:`split`, one loader per split.
 
-    Subclasses define ``split(name)`` (a dataset, empty or None for 0 items), ``collate_fn``, ``batch_size``,
-    ``eval_batch_size`` and ``num_workers``.
+    Subclasses define ``_make_split(name, n)`` (the dataset of a split) and ``collate_fn``.
     """
 
     _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-    batch_size: int
-    eval_batch_size: int
-    num_workers: int
+
+    def __init__(self, num_train: int, num_val: int, num_test: int, batch_size: int, eval_batch_size: int,
+                 seed: int, num_workers: int) -> None:
+        super().__init__()
+        _check_int("num_train", num_train, 1)
+        _check_int("num_val", num_val, 0)
+        _check_int("num_test", num_test, 0)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.seed, self.num_workers = seed, num_workers
+        self._splits: dict[str, Any] = {}
+
+    def _make_split(self, name: str, n: int) -> Any:
+        """The dataset of split ``name`` with ``n >= 1`` items."""
+        raise NotImplementedError
 
     def split(self, name: str) -> Any:
-        raise NotImplementedError
+        """The dataset of ``"train"``, ``"val"`` or ``"test"`` (made once; None for 0 items)."""
+        sizes = {"train": self.num_train, "val": self.num_val, "test": self.num_test}
+        if name not in sizes:
+            raise ValueError(f"Expected a split in {list(sizes)}, got {name!r}")
+        if name not in self._splits:
+            self._splits[name] = self._make_split(name, sizes[name]) if sizes[name] else None
+        return self._splits[name]
 
     def collate_fn(self, batch: list[Any]) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -160,34 +180,17 @@ class BitStreamTaggingDataModule(_GeneratedDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
         if task not in BIT_TASKS:
             raise ValueError(f"Expected task in {BIT_TASKS}, got {task!r}")
         _check_int("length", length, 2)
         _check_int("delay", delay, 1)
-        _check_int("num_train", num_train, 1)
-        _check_int("num_val", num_val, 0)
-        _check_int("num_test", num_test, 0)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("eval_batch_size", eval_batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
+        super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed, num_workers)
         self.task, self.length, self.delay = task, length, delay
-        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.seed, self.num_workers = seed, num_workers
-        self._splits: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
-    def split(self, name: str) -> list[tuple[Tensor, Tensor]]:
-        """The ``(x, y)`` streams of ``"train"``, ``"val"`` or ``"test"`` (generated once)."""
-        sizes = {"train": (self.num_train, 0), "val": (self.num_val, 1), "test": (self.num_test, 2)}
-        if name not in sizes:
-            raise ValueError(f"Expected a split in {list(sizes)}, got {name!r}")
-        if name not in self._splits:
-            n, offset = sizes[name]
-            self._splits[name] = (
-                make_bit_streams(self.task, n, self.length, self.delay, self.seed + offset) if n else []
-            )
-        return self._splits[name]
+    def _make_split(self, name: str, n: int) -> list[tuple[Tensor, Tensor]]:
+        """The ``(x, y)`` streams of a split (seeds ``seed``, ``seed + 1``, ``seed + 2``)."""
+        offset = {"train": 0, "val": 1, "test": 2}[name]
+        return make_bit_streams(self.task, n, self.length, self.delay, self.seed + offset)
 
     def collate_fn(self, batch: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """:func:`~lightning_rnn.data.pad_collate` (labels padded with ``-100``)."""

@@ -27,15 +27,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from lightning_rnn import TBPTTModule, TBPTTStep  # noqa: E402
-from lightning_rnn.callbacks import AdaptiveTBPTT  # noqa: E402
+from lightning_rnn.callbacks import AdaptiveTBPTT
+from tests.callbacks._diagnostics_models import FixedMemoryRNN  # noqa: E402
 
 START_K = 24
 LENGTH = 48  # time steps per batch (k = 24: 2 optimizer steps per batch; k = 2: 24)
@@ -45,45 +43,16 @@ CALLBACK_KWARGS: dict[str, Any] = dict(
 )
 
 
-class ShortMemoryRNN(TBPTTModule):
-    """h_t = tanh(W h_{t-1} + U x_t), W a fixed buffer with all singular values 0.3; y_t regressed from h_t."""
+class ShortMemoryRNN(FixedMemoryRNN):
+    """FixedMemoryRNN("tanh", 0.3): every Jacobian has norm <= 0.3; counts its probe calls (rank 0 only)."""
 
-    def __init__(self, hidden: int = 8, features: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        g = torch.Generator().manual_seed(0)
-        q, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=g))
-        self.register_buffer("w", q * 0.3)
-        self.inp = nn.Linear(features, hidden)
-        self.head = nn.Linear(hidden, 1)
-        self.hidden = hidden
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("tanh", 0.3, lr=0.05, **kwargs)
         self.probe_calls = 0
-
-    def _steps(self, x: torch.Tensor, h: torch.Tensor | None) -> list[torch.Tensor]:
-        h = x.new_zeros(x.shape[0], self.hidden) if h is None else h
-        u = self.inp(x)  # (N, L, H)
-        states = []
-        for t in range(x.shape[1]):
-            h = torch.tanh(h @ self.w.T + u[:, t])  # (N, H)
-            states.append(h)
-        return states
-
-    def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
-        x, y = chunk  # (N, l, 3), (N, l, 1)
-        states = self._steps(x, state)
-        pred = self.head(torch.stack(states, 1))  # (N, l, 1)
-        return TBPTTStep(F.mse_loss(pred, y), states[-1])
 
     def gradient_flow_probe(self, batch: Any, max_steps: int | None = None):
         self.probe_calls += 1
-        x, y = batch
-        if max_steps is not None:
-            x, y = x[:, :max_steps], y[:, :max_steps]
-        states = self._steps(x, None)
-        pred = self.head(torch.stack(states, 1))  # (N, L, 1)
-        return states, (pred - y).pow(2).squeeze(-1)  # (N, L)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
+        return super().gradient_flow_probe(batch, max_steps)
 
 
 class Record(pl.Callback):

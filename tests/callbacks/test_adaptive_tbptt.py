@@ -3,69 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_rnn import TBPTTModule, TBPTTStep
 from lightning_rnn.callbacks import AdaptiveTBPTT
 from lightning_rnn.functional import choose_truncation, per_lag_gradient_norms
-from tests.callbacks._diagnostics_models import TinyLSTMLM, quiet_trainer
+from tests.callbacks._diagnostics_models import FixedMemoryRNN, TinyLSTMLM, quiet_trainer
 from tests.modules._tbptt_models import SeqRegressor, loader, make_data
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers")
-
-
-class FixedMemoryRNN(TBPTTModule):
-    """h_t = act(W h_{t-1} + U x_t), W fixed (a buffer) with a chosen spectral norm; y_t regressed from h_t.
-
-    ``act="tanh"`` with ‖W‖ = 0.3: every Jacobian has norm <= 0.3, gradients die within a few steps.
-    ``act="linear"`` with W orthogonal: every Jacobian is orthogonal, G(k) is flat, memory is unbounded.
-    """
-
-    def __init__(self, act: str, norm: float, hidden: int = 8, features: int = 3, lr: float = 0.01,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        g = torch.Generator().manual_seed(0)
-        q, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=g))
-        self.register_buffer("w", q * norm)  # all singular values = norm
-        self.inp = nn.Linear(features, hidden)
-        self.head = nn.Linear(hidden, 1)
-        self.act = torch.tanh if act == "tanh" else (lambda z: z)
-        self.lr = lr
-        self.hidden = hidden
-
-    def _steps(self, x: torch.Tensor, h: torch.Tensor | None) -> list[torch.Tensor]:
-        h = x.new_zeros(x.shape[0], self.hidden) if h is None else h
-        u = self.inp(x)  # (N, L, H)
-        states = []
-        for t in range(x.shape[1]):
-            h = self.act(h @ self.w.T + u[:, t])  # (N, H)
-            states.append(h)
-        return states
-
-    def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
-        x, y = chunk
-        states = self._steps(x, state)
-        pred = self.head(torch.stack(states, 1))  # (N, L, 1)
-        return TBPTTStep(F.mse_loss(pred, y), states[-1])
-
-    def gradient_flow_probe(self, batch: Any, max_steps: int | None = None):
-        x, y = batch
-        if max_steps is not None:
-            x, y = x[:, :max_steps], y[:, :max_steps]
-        states = self._steps(x, None)
-        pred = self.head(torch.stack(states, 1))  # (N, L, 1)
-        return states, (pred - y).pow(2).squeeze(-1)  # (N, L)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 def _data(n: int = 8, length: int = 48, batch_size: int = 4) -> DataLoader:
