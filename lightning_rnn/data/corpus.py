@@ -139,7 +139,7 @@ def _decode_file(path: Path, chunk_bytes: int) -> Iterator[str]:
 
 
 def iter_text_pieces(
-    parts: Sequence[Path | str], *, max_chars: int | None = None, chunk_bytes: int = _CHUNK_BYTES
+    parts: Sequence[Path | str], *, max_chars: int | None = None, chunk_bytes: int | None = None
 ) -> Iterator[tuple[int, str]]:
     """Stream the documents ``parts`` (see :func:`resolve_text_source`) as ``(document index, piece)``.
 
@@ -152,6 +152,7 @@ def iter_text_pieces(
         >>> list(iter_text_pieces(["hello", "world"], max_chars=7, chunk_bytes=3))
         [(0, 'hel'), (0, 'lo'), (1, 'wo')]
     """
+    chunk_bytes = chunk_bytes or _CHUNK_BYTES
     remaining = max_chars
     for doc, part in enumerate(parts):
         if remaining is not None and remaining <= 0:
@@ -392,7 +393,7 @@ class TokenCorpus:
         min_freq: int = 1,
         max_size: int | None = None,
         max_chars: int | None = None,
-        chunk_bytes: int = _CHUNK_BYTES,
+        chunk_bytes: int | None = None,
     ) -> TokenCorpus:
         """Tokenise ``parts`` into ``out_dir`` (created) and open it.
 
@@ -479,7 +480,7 @@ class TokenCorpus:
         words = list(first_seen)
         first_seen.clear()
         prov = np.memmap(prov_path, dtype=np.uint32, mode="r", shape=(n,)) if n else np.zeros(0, np.uint32)
-        step = max(1, chunk_bytes)
+        step = chunk_bytes or _CHUNK_BYTES
         if vocab is None:  # counts of the training split only
             n_train = split_sizes(n, *fractions)[0]
             counts = np.zeros(len(words), dtype=np.int64)
@@ -513,7 +514,7 @@ class TokenCorpus:
         max_chars: int | None = None,
         pattern: str = "*",
         cache_dir: str | os.PathLike[str] | None = None,
-        chunk_bytes: int = _CHUNK_BYTES,
+        chunk_bytes: int | None = None,
     ) -> TokenCorpus:
         """The tokenised ``source``: opened from ``cache_dir`` when it was built before, else built there.
 
@@ -577,7 +578,7 @@ class TokenCorpus:
         min_freq: int,
         max_size: int | None,
         max_chars: int | None,
-        chunk_bytes: int = _CHUNK_BYTES,
+        chunk_bytes: int | None = None,
         index_dir: Path | None = None,
     ) -> str:
         """The cache entry name for these options (see :meth:`load`)."""

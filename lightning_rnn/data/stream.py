@@ -160,7 +160,11 @@ class _StreamLoader(StatefulDataLoader):
             super().__init__(*args, **kwargs)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if int(state_dict.get("_num_yielded", 0)) >= len(self):
+        if "_snapshot" in state_dict:  # state of a loader with workers
+            yielded = state_dict["_snapshot"].get("_snapshot_step", 0) + state_dict.get("_steps_since_snapshot", 0)
+        else:
+            yielded = state_dict.get("_num_yielded", 0)
+        if int(yielded) >= len(self):
             return
         super().load_state_dict(state_dict)
 
