@@ -105,6 +105,12 @@ def _write_corpus(root: Path) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """The default cache directory of these tests is theirs (nothing written to the user's cache)."""
+    monkeypatch.setenv("LIGHTNING_RNN_CACHE", str(tmp_path / "default-cache"))
+
+
 @pytest.fixture
 def small_reads(monkeypatch):
     """Read 7 bytes at a time: multi-byte characters and words straddle reads everywhere."""
