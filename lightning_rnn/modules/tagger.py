@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -119,11 +118,9 @@ class RNNTagger(_RecurrentTask):
         Outputs: logits (N, L, C) (steps past a row's length are the head applied to zeros: ignore them).
         """
         n, length = inputs.shape[0], inputs.shape[1]
-        if lengths is None:
-            lengths = torch.full((n,), length, dtype=torch.long, device=inputs.device)
-        out, _, idx = self.encode(inputs, lengths.to(inputs.device), state)  # (A, L, D*H)
+        out, _, idx = self.encode(inputs, lengths.to(inputs.device) if lengths is not None else None, state)
         logits = self.head(self.dropout(out))  # (A, L, C)
-        if idx.numel() == n:
+        if lengths is None or idx.numel() == n:
             return logits
         return logits.new_zeros(n, length, self.num_classes).index_copy(0, idx, logits)
 
