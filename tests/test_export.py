@@ -133,3 +133,46 @@ def test_onnx_export_matches_onnx_runtime(name, tmp_path):
         assert len(got) == len(want)
         for g, w in zip(got, want):
             torch.testing.assert_close(torch.from_numpy(g), w, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ the streaming example
+def _load_example():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "stream_inference.py"
+    spec = importlib.util.spec_from_file_location("example_stream_inference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.mark.parametrize("export", [False, True])
+def test_streaming_predictor_equals_full_forward_and_resets_rows(export):
+    example = _load_example()
+    torch.manual_seed(0)
+    lm = RNNLanguageModel(V, embedding_dim=8, hidden_size=16, num_layers=2)
+    stream = example.StreamingPredictor(lm, num_streams=3, export=export)
+    tokens = _ids(3, 6, seed=1)
+    stepped = torch.stack([stream.step(tokens[:, t]) for t in range(6)], dim=1)
+    with torch.no_grad():
+        full, _ = lm(tokens)
+    torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-6)
+    stream.reset(torch.tensor([True, False, False]))
+    after = stream.step(tokens[:, 0])
+    with torch.no_grad():
+        fresh, _ = lm(tokens[:1, :1])
+        carried, _ = lm(torch.cat([tokens[1:], tokens[1:, :1]], dim=1))
+    torch.testing.assert_close(after[0], fresh[0, 0], rtol=1e-5, atol=1e-6)  # row 0 starts afresh
+    torch.testing.assert_close(after[1:], carried[:, -1], rtol=1e-5, atol=1e-6)  # the others keep their state
+    with pytest.raises(ValueError, match=r"Expected tokens of shape \(3,\)"):
+        stream.step(tokens[:2, 0])
+
+
+def test_stream_inference_example_quick(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_RNN_CACHE", str(tmp_path / "cache"))
+    out = _load_example().main(["--quick", "--tokens", "5"])
+    assert out["max_diff"] < 1e-4 and len(out["text"]) == 5 and out["prompt_tokens"] > 0
