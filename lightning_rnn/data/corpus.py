@@ -435,7 +435,8 @@ class TokenCorpus:
             vocab = CharVocab.from_codepoint_counts(torch.from_numpy(counts), min_freq=min_freq, max_size=max_size)
         dtype = token_dtype(len(vocab))
         singles = {ord(t): i for i, t in enumerate(vocab.itos) if len(t) == 1}
-        table = np.full(max(singles, default=0) + 1, vocab.unk_id, dtype=dtype)
+        # code point -> id; one <unk> entry past the largest known code point catches every larger one (clip)
+        table = np.full(max(singles, default=0) + 2, vocab.unk_id, dtype=dtype)
         table[list(singles)] = list(singles.values())
         offsets, n, last_doc = [], 0, -1
         with open(out / "tokens.bin", "wb") as f:
@@ -443,11 +444,7 @@ class TokenCorpus:
                 if doc != last_doc:
                     offsets.append(n)
                     last_doc = doc
-                cps = _char_codepoints(piece)
-                ids = table[np.minimum(cps, table.size - 1)]
-                unknown = cps >= table.size
-                if unknown.any():
-                    ids[unknown] = vocab.unk_id
+                ids = np.take(table, _char_codepoints(piece), mode="clip")
                 f.write(memoryview(ids))
                 n += ids.size
         return vocab, n, offsets
