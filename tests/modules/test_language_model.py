@@ -68,7 +68,7 @@ def _stdlib_file() -> str:
 
 
 def test_learns_real_text_below_unigram_entropy(tmp_path):
-    data = pytest.importorskip("lightning_rnn.data")
+    from lightning_rnn import data
     text = open(_stdlib_file(), encoding="utf-8").read()[:30_000]
     source = tmp_path / "argparse_head.py"
     source.write_text(text, encoding="utf-8")

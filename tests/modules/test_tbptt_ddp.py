@@ -48,7 +48,6 @@ def test_ddp_two_processes_equal_one_process_regressor(tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP test on POSIX only")
 def test_ddp_language_model_on_text_streams(tmp_path):
-    pytest.importorskip("lightning_rnn.data")
     source = tmp_path / "corpus.txt"
     source.write_text("".join(chr(97 + (i * 7 + i // 13) % 26) for i in range(6000)))
     one, r0, r1 = _compare(tmp_path, "lm", str(source))
