@@ -128,6 +128,7 @@ def test_fit_links_sizes_logs_metric_and_checkpoints(name: str, tmp_path: Path, 
     assert "bits per" not in out and "sample (temperature" not in out
 
 
+@pytest.mark.slow  # fast: the in-process fits above, the W&B run of tests/test_cli.py
 def test_wandb_run_of_a_config(tmp_path: Path) -> None:
     """The config's own W&B offline logger, in a fresh process (as tests/test_cli.py isolates W&B runs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

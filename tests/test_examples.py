@@ -74,6 +74,7 @@ def test_tagging_parity_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert "| delay | 40 |" in out  # the Markdown table the README quotes
 
 
+@pytest.mark.slow  # fast: tests/modules/test_seq2seq.py::test_short_reversal_training_learns
 def test_seq2seq_reverse_quick(tmp_path: Path) -> None:
     import subprocess
 

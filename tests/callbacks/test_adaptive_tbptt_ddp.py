@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 pytestmark = [
+    pytest.mark.slow,  # fast: tests/callbacks/test_adaptive_tbptt.py, DDP plumbing: tests/modules/test_tbptt_ddp.py
     pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP test on POSIX only"),
     pytest.mark.skipif(
         not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),

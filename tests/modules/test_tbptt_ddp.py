@@ -46,6 +46,7 @@ def test_ddp_two_processes_equal_one_process_regressor(tmp_path):
         torch.testing.assert_close(torch.cat([b0, bb]), b1)
 
 
+@pytest.mark.slow  # fast: the regressor above; rank blocks in tests/data/test_stream.py
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP test on POSIX only")
 def test_ddp_language_model_on_text_streams(tmp_path):
     source = tmp_path / "corpus.txt"
