@@ -151,3 +151,18 @@ def test_quoted_scripts_and_options_exist() -> None:
         source = path.read_text(encoding="utf-8")
         for option in options:
             assert f'"{option}"' in source or f"'{option}'" in source, f"{page}: {script} has no {option}"
+
+
+def test_readme_links_resolve() -> None:
+    """README.md is read on the forge, outside the docs build: its relative links must point at files (and
+    its links into the docs at headings that exist)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\((?!https?://)([^)#\s]+)(?:#([^)\s]+))?\)", text)
+    assert len(links) >= 10
+    for target, anchor in links:
+        path = ROOT / target
+        assert path.exists(), f"README.md links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), flags=re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"README.md links to {target}#{anchor}, which has no such heading"
