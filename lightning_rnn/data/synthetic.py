@@ -38,7 +38,8 @@ def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> No
 class _GeneratedDataModule(LightningDataModule):
     """Base of the generated-data modules: each split made once by :meth:`split`, one loader per split.
 
-    Subclasses define ``_make_split(name, n)`` (the dataset of a split) and ``collate_fn``.
+    Subclasses define ``_make_split(name, n)`` (the dataset of a split) and ``collate_fn``. ``predict`` uses
+    the test split.
     """
 
     _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -94,6 +95,10 @@ class _GeneratedDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader | list:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader | list:
+        """The test split's batches (``trainer.predict`` ignores their labels / targets)."""
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
 
 def make_bit_streams(task: str, n: int, length: int, delay: int = 15, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
     """``n`` random bit streams of random length in ``[length // 2, length]``, tagged for ``task``.
@@ -142,7 +147,7 @@ class BitStreamTaggingDataModule(_GeneratedDataModule):
 
     Train / val / test are :func:`make_bit_streams` with seeds ``seed``, ``seed + 1``, ``seed + 2``; batches
     are :func:`~lightning_rnn.data.pad_collate` dicts ``{"inputs" (N, L), "lengths" (N,), "mask" (N, L),
-    "labels" (N, L)}`` (labels padded with ``-100``, the tagger's default ``ignore_index``). The training
+    "labels" (N, L)}`` (labels padded with ``-100``, the tagger's default ``pad_id``). The training
     set is shuffled every epoch. ``vocab_size`` (2, the input bits) and ``num_classes`` (2) fill in the
     tagger's arguments in the ``lightning-rnn`` CLI.
 

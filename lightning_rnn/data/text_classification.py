@@ -156,7 +156,8 @@ class TextClassificationDataModule(LightningDataModule):
     built from the training texts (characters never seen in training become ``<unk>``), and batched by
     :func:`~lightning_rnn.data.pad_collate`: ``{"inputs" (N, L) long, "lengths" (N,), "mask" (N, L),
     "labels" (N,)}``; the classifier runs packed on the true lengths, so the padding value never matters.
-    Class ids follow the sorted class names (:attr:`classes`). The training set is shuffled every epoch.
+    Class ids follow the sorted class names (:attr:`classes`). The training set is shuffled every epoch;
+    ``predict_dataloader`` hands out the test split.
 
     ``vocab_size`` and ``num_classes`` fill in the classifier's arguments in the ``lightning-rnn`` CLI;
     the vocabulary goes into the CLI's checkpoints.
@@ -338,6 +339,10 @@ class TextClassificationDataModule(LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """The test split's batches (``trainer.predict`` ignores their labels)."""
         return self._loader("test", shuffle=False)
 
     # ------------------------------------------------------------------ checkpoints

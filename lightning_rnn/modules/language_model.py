@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
+from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 from lightning_rnn.nn.dropout import EmbeddingDropout
 from lightning_rnn.nn.rnn import RNNStack
@@ -18,7 +19,6 @@ from lightning_rnn.nn.softmax import CandidateSampler, adaptive_softmax, sampled
 
 __all__ = ["RNNLanguageModel"]
 
-_OPTIMIZERS = ("adam", "adamw", "sgd")
 _OUTPUTS = ("full", "adaptive", "sampled")
 
 
@@ -42,7 +42,8 @@ class RNNLanguageModel(TBPTTModule):
     (optionally tied to the embedding). The loss of a chunk is the mean token cross-entropy over that chunk.
     Logs ``train/loss`` (+ ``train/loss_chunk``), ``train/ppl``, ``train/bits_per_token``, ``val/loss``,
     ``val/ppl``, ``val/bits_per_token`` (torchmetrics ``Perplexity`` over whole validation sequences) and the
-    same for ``test/``.
+    same for ``test/``. ``trainer.predict`` returns per batch the (N, L) log-likelihood of every target
+    (:meth:`predict_step`).
 
     Batches are ``(inputs, targets)`` LongTensors ``(N, L)`` (targets = inputs shifted by one) or a dict with
     ``"inputs"``, ``"targets"`` (and optionally ``"reset"``), as :class:`~lightning_rnn.data.TextStreamDataModule`
@@ -63,7 +64,8 @@ class RNNLanguageModel(TBPTTModule):
             recurrent output size ``D*H``).
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; override ``configure_optimizers`` for anything else.
         lr, weight_decay: optimizer settings.
-        ignore_index: target id that carries no loss (padding).
+        pad_id: target id that carries no loss and is not counted by the perplexity (padding);
+            :meth:`predict_step` gives it NaN. The default ``-100`` is no token id.
         output: the output layer for large vocabularies: ``"full"`` (linear + softmax over V), ``"adaptive"``
             (``torch.nn.AdaptiveLogSoftmaxWithLoss``: exact log-probabilities, used for training *and*
             evaluation; ids must be sorted by decreasing frequency) or ``"sampled"`` (sampled softmax in
@@ -111,7 +113,7 @@ class RNNLanguageModel(TBPTTModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
-        ignore_index: int = -100,
+        pad_id: int = -100,
         output: str = "full",
         adaptive_cutoffs: list[int] | None = None,
         adaptive_div_value: float = 4.0,
@@ -131,20 +133,22 @@ class RNNLanguageModel(TBPTTModule):
         for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"Expected optimizer in {_OPTIMIZERS}, got {optimizer!r}")
-        if not lr > 0:
-            raise ValueError(f"Expected lr > 0, got {lr}")
+        check_optimizer_args(optimizer, lr, weight_decay)
+        if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+            raise ValueError(f"Expected pad_id to be an int, got {pad_id!r}")
         if output not in _OUTPUTS:
             raise ValueError(f"Expected output in {_OUTPUTS}, got {output!r}")
         if output == "adaptive" and tie_weights:
             raise ValueError("Expected tie_weights=False with output='adaptive' (its head has V' < V rows), got True")
         if output == "sampled" and (isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or num_sampled < 1):
             raise ValueError(f"Expected num_sampled to be a positive int, got {num_sampled!r}")
-        self.save_hyperparameters(ignore=["sampler_counts"])
+        if sampler_counts is not None:
+            # saved as a plain list: a checkpoint must rebuild the same sampler (load_from_checkpoint, the CLI)
+            sampler_counts = [float(c) for c in torch.as_tensor(sampler_counts, dtype=torch.float64).flatten()]
+        self.save_hyperparameters()
         self.output = output
         self.vocab_size = vocab_size
-        self.ignore_index = ignore_index
+        self.pad_id = pad_id
         embedding = nn.Embedding(vocab_size, embedding_dim)
         self.embedding: nn.Module = EmbeddingDropout(embedding, embedding_dropout) if embedding_dropout else embedding
         self.rnn = RNNStack(
@@ -177,18 +181,22 @@ class RNNLanguageModel(TBPTTModule):
                     f"{embedding_dim} and output size {self.rnn.output_size}"
                 )
             self.decoder.weight = embedding.weight
-        self.val_ppl = Perplexity(ignore_index=ignore_index)
-        self.test_ppl = Perplexity(ignore_index=ignore_index)
+        self.val_ppl = Perplexity(ignore_index=pad_id)
+        self.test_ppl = Perplexity(ignore_index=pad_id)
 
     # ------------------------------------------------------------------ model
-    def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
-        """Inputs: tokens (N, L) LongTensor, state (optional). Outputs: logits (N, L, V), state.
+    def forward(self, inputs: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Next-token scores and the state to continue with.
+
+        Inputs: inputs (N, L) LongTensor; state ``None`` (zeros) or the state a previous call returned;
+        lengths (N,) valid steps per row (``None``: all L; see :class:`~lightning_rnn.nn.RNNStack`).
+        Outputs: logits (N, L, V), state.
 
         With ``output="adaptive"`` the "logits" are the exact log-probabilities (their ``log_softmax`` is
         themselves); with ``"sampled"`` they are the full decoder's logits.
         """
-        emb = self.embedding(tokens)  # (N, L, E)
-        out, state = self.rnn(emb, state)  # (N, L, D*H)
+        emb = self.embedding(inputs)  # (N, L, E)
+        out, state = self.rnn(emb, state, lengths=lengths)  # (N, L, D*H)
         return self.project(out), state  # (N, L, V)
 
     def project(self, features: Tensor) -> Tensor:
@@ -207,11 +215,11 @@ class RNNLanguageModel(TBPTTModule):
         for ``"sampled"``); evaluation is always exact (full softmax, or exact adaptive log-probabilities).
         Scores are returned in evaluation only.
         """
-        valid = targets != self.ignore_index  # (N, L)
+        valid = targets != self.pad_id  # (N, L)
         weight = valid.sum()
         if self.output == "full" or (self.output == "sampled" and not self.training):
             logits = self.decoder(features)  # (N, L, V)
-            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=self.ignore_index)
+            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=self.pad_id)
             return loss, weight, None if self.training else logits
         flat, tgt = features[valid], targets[valid]  # (M, D*H), (M,)
         if tgt.numel() == 0:
@@ -230,7 +238,7 @@ class RNNLanguageModel(TBPTTModule):
                 raise TypeError(f"Expected {name} to be an integer tensor of token ids, got dtype {t.dtype}")
             if t.dim() != 2:
                 raise ValueError(f"Expected {name} of shape (N, L), got {tuple(t.shape)}")
-            valid = t[t != self.ignore_index] if name == "targets" else t
+            valid = t[t != self.pad_id] if name == "targets" else t
             if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.vocab_size):
                 bad = int(valid.max()) if int(valid.max()) >= self.vocab_size else int(valid.min())
                 raise ValueError(
@@ -242,6 +250,25 @@ class RNNLanguageModel(TBPTTModule):
         out, state = self.rnn(self.embedding(inputs), state)  # (N, k, D*H)
         loss, weight, scores = self.token_loss(out, targets)  # scores (N, k, V) in evaluation
         return TBPTTStep(loss=loss, state=state, weight=weight, outputs=scores)
+
+    def predict_chunk(self, chunk: Any, state: Any) -> tuple[Tensor, Any]:
+        inputs, targets = _unpack(chunk)
+        scores, state = self(inputs, state)  # (N, k, V)
+        log_probs = torch.log_softmax(scores.float(), dim=-1)  # exact for every output layer
+        valid = targets != self.pad_id  # (N, k)
+        picked = log_probs.gather(-1, targets.masked_fill(~valid, 0).unsqueeze(-1)).squeeze(-1)  # (N, k)
+        return picked.masked_fill(~valid, float("nan")), state
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Per-token log-likelihoods ``log p(targets[n, t] | inputs[n, :t+1], carried state)``, (N, L) float32.
+
+        Targets equal to ``pad_id`` give NaN. Evaluation semantics: chunks of ``eval_tbptt_steps`` (else
+        ``tbptt_steps``), the state carried across chunks and, with ``carry_state``, across batches (so over
+        a text stream the sum of the non-NaN entries is the stream's log-likelihood; ``-mean`` is ``test/loss``).
+        Batches are what training takes: ``(inputs, targets)`` or ``{"inputs", "targets"}``.
+        """
+        self._check_tokens(*_unpack(batch))
+        return torch.cat(super().predict_step(batch, batch_idx), dim=1)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -280,10 +307,7 @@ class RNNLanguageModel(TBPTTModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)
 
     # ------------------------------------------------------------------ diagnostics probe
     def gradient_flow_probe(self, batch: Any, max_steps: int | None = None) -> tuple[list[Any], Tensor]:
@@ -302,10 +326,10 @@ class RNNLanguageModel(TBPTTModule):
             out = torch.stack([(s[0] if isinstance(s, tuple) else s)[-1] for s in step_states], dim=1)
         scores = self.project(out)  # (N, L, V): exact logits / log-probabilities
         losses = F.cross_entropy(
-            scores.transpose(1, 2), targets, ignore_index=self.ignore_index, reduction="none"
+            scores.transpose(1, 2), targets, ignore_index=self.pad_id, reduction="none"
         )  # (N, L)
         # the probe protocol marks positions without a target by NaN (not a zero-norm sample)
-        return step_states, losses.masked_fill(targets == self.ignore_index, float("nan"))
+        return step_states, losses.masked_fill(targets == self.pad_id, float("nan"))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

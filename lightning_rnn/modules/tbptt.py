@@ -400,6 +400,30 @@ class TBPTTModule(LightningModule):
         self.log("test/loss", loss, on_epoch=True, batch_size=max(int(weight.item()), 1), sync_dist=True)
         return loss
 
+    # ------------------------------------------------------------------ predict
+    def predict_chunk(self, chunk: Any, state: Any) -> tuple[Any, Any]:
+        """One chunk of :meth:`predict_step`: ``(prediction, new state)``.
+
+        Default: :meth:`tbptt_step`'s ``outputs`` and ``state``, so a subclass that returns its predictions in
+        ``TBPTTStep.outputs`` predicts with no more code. The shipped modules override it (no targets needed).
+        """
+        step = self.tbptt_step(chunk, state)
+        return step.outputs, step.state
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """The batch run chunk by chunk as in evaluation (``eval_tbptt_steps``, else ``tbptt_steps``; the state
+        carried across chunks, and across batches with ``carry_state``); returns the list of
+        :meth:`predict_chunk` predictions, one per chunk. The shipped modules join them (see theirs)."""
+        state = self._start_state(batch, self._eval_state, self._eval_rows)
+        predictions = []
+        for start, end in chunk_bounds(batch_time_length(batch), self.eval_tbptt_steps or self._tbptt_steps):
+            prediction, state = self.predict_chunk(self.slice_batch(batch, start, end), state)
+            state = detach_state(state)
+            predictions.append(prediction)
+        if self.carry_state:
+            self._eval_state, self._eval_rows = state, self._rows(batch)
+        return predictions
+
     # ------------------------------------------------------------------ schedulers and clipping
     def _step_schedulers(self, interval: str) -> None:
         trainer = self._trainer

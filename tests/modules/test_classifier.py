@@ -33,14 +33,14 @@ def test_padding_invariance(summary, bidirectional):
     clf = RNNClassifier(3, input_size=3, hidden_size=6, num_layers=2, summary=summary, bidirectional=bidirectional).eval()
     b = _batch()
     with torch.no_grad():
-        base = clf(b["inputs"], b["lengths"])
+        base, _ = clf(b["inputs"], lengths=b["lengths"])
         # pad further with garbage (not zeros) and change the other rows
         more = torch.cat([b["inputs"], 100 * torch.randn(4, 5, 3)], dim=1)
         more[1:] = torch.randn_like(more[1:])
         lengths = b["lengths"].clone()
         lengths[1:] = torch.tensor([14, 2, 3])
-        moved = clf(more, lengths)
-        alone = clf(b["inputs"][:1, :9])
+        moved, _ = clf(more, lengths=lengths)
+        alone, _ = clf(b["inputs"][:1, :9])
     torch.testing.assert_close(moved[0], base[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(alone[0], base[0], atol=1e-6, rtol=1e-5)
 
@@ -84,7 +84,7 @@ def test_token_inputs_and_tuple_batches():
     y = torch.randint(0, 4, (6,))
     (metrics,) = trainer().validate(clf, DataLoader([(x, y)], batch_size=None), verbose=False)
     with torch.no_grad():
-        logits = clf(x)
+        logits, _ = clf(x)
     assert metrics["val/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
     assert metrics["val/acc"] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
 
@@ -133,7 +133,7 @@ def test_tbptt_pooling_equals_whole_sequence_pooling():
         model = RNNClassifier(3, input_size=3, hidden_size=6, summary=summary, tbptt_steps=2).eval()
         b = _batch()
         with torch.no_grad():
-            whole = model(b["inputs"], b["lengths"])
+            whole, _ = model(b["inputs"], lengths=b["lengths"])
             state, logits = None, torch.zeros(4, 3)
             for start in range(0, 9, 2):
                 chunk = model.slice_batch(b, start, min(start + 2, 9))

@@ -47,7 +47,7 @@ def test_loss_ignores_pads_exactly(bidirectional):
         # reference: every row alone, unpadded, token CE summed over labelled steps / their count
         total, count = 0.0, 0
         for i, n in enumerate(LENGTHS):
-            logits = model(b["inputs"][i : i + 1, :n])[0]
+            logits = model(b["inputs"][i : i + 1, :n])[0][0]
             y = b["labels"][i, :n]
             total += F.cross_entropy(logits, y, ignore_index=-100, reduction="sum").item()
             count += int((y != -100).sum())
@@ -61,7 +61,7 @@ def test_metrics_are_per_token_over_labelled_steps():
     b = _batch()
     (metrics,) = trainer().validate(model, DataLoader([b], batch_size=None), verbose=False)
     with torch.no_grad():
-        logits = model(b["inputs"], b["lengths"])
+        logits, _ = model(b["inputs"], lengths=b["lengths"])
     keep = b["labels"] != -100
     acc = (logits.argmax(-1)[keep] == b["labels"][keep]).float().mean().item()
     assert metrics["val/acc"] == pytest.approx(acc)
@@ -111,9 +111,9 @@ def test_features_and_tuple_batch_train():
     model = RNNTagger(3, input_size=2, hidden_size=8, cell="gru", bidirectional=True, lr=0.1)
     x = torch.randn(8, 12, 2)
     y = (x[..., 0] > 0).long()  # a per-step rule
-    before = F.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1)).item()
+    before = F.cross_entropy(model(x)[0].reshape(-1, 3), y.reshape(-1)).item()
     trainer(max_epochs=5).fit(model, DataLoader([(x, y)], batch_size=None))
-    after = F.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1)).item()
+    after = F.cross_entropy(model(x)[0].reshape(-1, 3), y.reshape(-1)).item()
     assert after < 0.9 * before
 
 
