@@ -15,6 +15,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CharErrorRate
 
+from lightning_rnn.data.vocab import Vocab
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.nn.search import SearchOutput
 from lightning_rnn.nn.seq2seq import AttentionDecoder, Bridge, EncoderDecoder, Seq2SeqEncoder
@@ -31,6 +32,17 @@ def _vocab_size(vocab: Any, name: str) -> int:
     if size < 1:
         raise ValueError(f"Expected {name} >= 1, got {size}")
     return size
+
+
+def _saved_vocab(vocab: Any) -> Any:
+    """A lightning-rnn vocabulary as its plain dict (``Vocab.to_dict``): checkpoints stay loadable with
+    ``torch.load(weights_only=True)``, which Lightning uses; sizes and other objects as they are."""
+    return vocab.to_dict() if isinstance(vocab, Vocab) else vocab
+
+
+def _vocab_object(vocab: Any) -> Any:
+    """Inverse of :func:`_saved_vocab`: a saved dict back to the vocabulary."""
+    return Vocab.from_dict(vocab) if isinstance(vocab, Mapping) else vocab
 
 
 def unpack_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -116,7 +128,10 @@ class Seq2SeqAttention(L.LightningModule):
 
     Args:
         src_vocab / tgt_vocab: vocabulary sizes, or vocabulary objects (``len()``, ``itos``, optional
-            ``join``) used to turn ids into strings for BLEU/CER and heatmap labels.
+            ``join``) used to turn ids into strings for BLEU/CER and heatmap labels. A lightning-rnn
+            :class:`~lightning_rnn.data.Vocab` is saved in the hyper-parameters as its ``to_dict()`` (also
+            accepted here), so checkpoints load with ``weights_only=True``; another vocabulary object is
+            pickled into the checkpoint, which then needs ``load_from_checkpoint(path, weights_only=False)``.
         embedding_dim: E (encoder and decoder).
         hidden_size: H per encoder direction.
         num_layers: encoder layers.
@@ -201,7 +216,9 @@ class Seq2SeqAttention(L.LightningModule):
     ) -> None:
         super().__init__()
         check_optimizer_args(optimizer, lr, weight_decay)
+        src_vocab, tgt_vocab = _saved_vocab(src_vocab), _saved_vocab(tgt_vocab)
         self.save_hyperparameters()
+        src_vocab, tgt_vocab = _vocab_object(src_vocab), _vocab_object(tgt_vocab)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         src_size, tgt_size = _vocab_size(src_vocab, "src_vocab"), _vocab_size(tgt_vocab, "tgt_vocab")
         for name, p in (("teacher_forcing", teacher_forcing), ("teacher_forcing_end", teacher_forcing_end)):
