@@ -68,3 +68,15 @@ def test_top_level_names_resolve_lazily() -> None:
         assert getattr(lightning_rnn, name) is getattr(modules, name)
     with pytest.raises(AttributeError, match="no attribute 'NotAName'"):
         lightning_rnn.NotAName  # noqa: B018
+
+
+def test_no_global_matplotlib_backend_switch() -> None:
+    # figures use matplotlib.figure.Figure with their own canvas; matplotlib.use() would change the user's backend
+    calls = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "use"
+        and isinstance(node.func.value, ast.Name) and node.func.value.id == "matplotlib"
+    ]
+    assert calls == []

@@ -162,3 +162,34 @@ def test_errors():
         RNNClassifier(3)
     with pytest.raises(ValueError, match=r"\(N, L, 3\)"):
         clf.validation_step(dict(b, inputs=torch.randn(4, 9, 5)), 0)
+
+
+@pytest.mark.parametrize("summary", SUMMARIES)
+def test_predict_probabilities_without_labels_equal_the_whole_sequence_forward(summary):
+    torch.manual_seed(6)
+    model = RNNClassifier(3, input_size=3, hidden_size=6, summary=summary, tbptt_steps=2)
+    b = _batch()
+    unlabelled = {"inputs": b["inputs"], "lengths": b["lengths"]}
+    (probs,) = trainer().predict(model, DataLoader([unlabelled], batch_size=None))
+    (again,) = trainer().predict(model, DataLoader([b], batch_size=None))  # labels are ignored
+    with torch.no_grad():
+        logits, _ = model.eval()(b["inputs"], lengths=b["lengths"])
+    assert probs.shape == (4, 3) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs, torch.softmax(logits, -1))
+    torch.testing.assert_close(again, probs)
+    # a plain tensor batch (TensorDataset-style 1-tuple) has no lengths: every row is whole
+    (whole,) = trainer().predict(model, DataLoader([(b["inputs"],)], batch_size=None))
+    with torch.no_grad():
+        full, _ = model(b["inputs"])
+    torch.testing.assert_close(whole, torch.softmax(full, -1))
+
+
+def test_forward_state_continues_the_sequence():
+    torch.manual_seed(7)
+    model = RNNClassifier(3, input_size=3, hidden_size=6, summary="mean").eval()
+    b = _batch()
+    with torch.no_grad():
+        whole, _ = model(b["inputs"], lengths=b["lengths"])
+        first, state = model(b["inputs"][:, :4], lengths=b["lengths"].clamp(max=4))
+        second, _ = model(b["inputs"][:, 4:], state, lengths=(b["lengths"] - 4).clamp(min=0))
+    torch.testing.assert_close(second, whole)
