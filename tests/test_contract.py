@@ -415,3 +415,37 @@ def test_checkpoint_round_trips_every_option(name: str, options: dict[str, Any],
     if getattr(model, "sampler", None) is not None:
         ids = torch.arange(V)
         torch.testing.assert_close(loaded.sampler.log_q(ids), model.sampler.log_q(ids), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- one API
+SHIPPED = (RNNLanguageModel, RNNClassifier, RNNTagger, Seq2SeqAttention)
+
+
+@pytest.mark.parametrize("cls", SHIPPED, ids=lambda c: c.__name__)
+def test_one_constructor_shape_and_names(cls: type) -> None:
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    positional = [n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    # (<task sizes>, embedding_dim, hidden_size, num_layers, cell, *, options)
+    assert positional[-4:] == ["embedding_dim", "hidden_size", "num_layers", "cell"]
+    assert {"optimizer", "lr", "weight_decay"} <= set(params)
+    assert not {"ignore_index", "tie_embeddings", "embedding_size"} & set(params)
+    if cls is not RNNClassifier:  # the classifier has no per-step targets, hence no padding id
+        assert "pad_id" in params
+    if cls in (RNNLanguageModel, Seq2SeqAttention):
+        assert "tie_weights" in params
+
+
+@pytest.mark.parametrize("cls", (RNNLanguageModel, RNNClassifier, RNNTagger), ids=lambda c: c.__name__)
+def test_recurrent_forward_takes_and_returns_state(cls: type) -> None:
+    torch.manual_seed(0)
+    model = cls(V, embedding_dim=4, hidden_size=6) if cls is RNNLanguageModel else cls(3, V, None, 4, 6)
+    model.eval()
+    x = torch.randint(0, V, (2, 8))
+    with torch.no_grad():
+        whole, _ = model(x)
+        _, state = model(x[:, :5])
+        rest, _ = model(x[:, 5:], state)
+    # the state returned by the first call continues the sequence exactly
+    torch.testing.assert_close(rest, whole if cls is RNNClassifier else whole[:, 5:])
