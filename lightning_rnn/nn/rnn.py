@@ -235,6 +235,7 @@ class RNNStack(nn.Module):
                     self.register_parameter(pname, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
                 self._names.append(list(shapes))
         self.reset_parameters()
+        self.flatten_parameters()
 
     # ------------------------------------------------------------------ parameters
     def reset_parameters(self) -> None:
@@ -247,8 +248,40 @@ class RNNStack(nn.Module):
         """The hidden-to-hidden weights ``{"weight_hh_l0": (G*H, H), ...}`` (G gates stacked, torch order)."""
         return {names[1]: getattr(self, names[1]) for names in self._names}
 
+    def _flat_weights(self) -> list[Tensor]:
+        """Every parameter in torch's ``_flat_weights`` order (per layer*direction: w_ih, w_hh, b_ih, b_hh)."""
+        return [getattr(self, name) for names in self._names for name in names]
+
     def flatten_parameters(self) -> None:
-        """No-op, for code that calls it on torch RNN modules: parameters are passed to the kernel as is."""
+        """Put the parameters in one contiguous buffer in cuDNN's layout, as ``torch.nn.LSTM`` does.
+
+        Then the fused call passes them to cuDNN without a copy (otherwise cuDNN warns "weights are not
+        part of single contiguous chunk of memory" and copies them on every call). The parameters stay the
+        same ``Parameter`` objects (now views of the buffer). Runs on CUDA with cuDNN; a no-op elsewhere.
+        Called on construction and after every ``.to()`` / ``.cuda()``.
+        """
+        weights = self._flat_weights()
+        first = weights[0]
+        if not (first.is_cuda and torch.backends.cudnn.enabled):
+            return
+        if any(w.dtype != first.dtype or not w.is_cuda or not torch.backends.cudnn.is_acceptable(w) for w in weights):
+            return
+        if len({w.data_ptr() for w in weights}) != len(weights):  # aliased parameters: keep the copying path
+            return
+        import torch.backends.cudnn.rnn as cudnn_rnn
+
+        mode = {"rnn": "RNN_TANH", "lstm": "LSTM", "gru": "GRU"}[self.cell]
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                torch._cudnn_rnn_flatten_weight(
+                    weights, 4 if self.bias else 2, self.input_size, cudnn_rnn.get_cudnn_mode(mode),
+                    self.hidden_size, 0, self.num_layers, self.batch_first, self.bidirectional,
+                )
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        ret = super()._apply(fn, *args, **kwargs)
+        self.flatten_parameters()  # moved or converted parameters: flatten again (as torch.nn.LSTM does)
+        return ret
 
     def init_state(
         self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -454,6 +487,11 @@ class RNNStack(nn.Module):
         # One dtype in (the parameters'); under autocast torch's kernels cast to autocast's dtype themselves
         # (oneDNN LSTM on CPU, cuDNN on CUDA) or run in the parameters' dtype (other CPU kernels).
         x, hx = x.to(weights[0].dtype), _cast_state(hx, weights[0].dtype)
+        own = num_layers == self.num_layers and all(isinstance(w, nn.Parameter) for w in weights)
+        if x.is_cuda and not own and autocast_dtype("cuda") is None and not _is_one_chunk(weights):
+            # one layer's call or DropConnect-dropped weights: not the flattened parameter buffer (under
+            # autocast, cuDNN's cast re-flattens the weights on every call anyway)
+            weights = _one_chunk(weights)
         amp = autocast_dtype(x.device.type)
         guard = contextlib.nullcontext()
         if amp is not None and x.device.type == "cpu" and self.cell == "lstm" and not _cpu_lowp_lstm_ok(amp):
@@ -638,3 +676,30 @@ def _check_torch_keywords(cell: str, dropout: float, nonlinearity: str | None, p
             )
     if isinstance(proj_size, bool) or proj_size != 0:
         raise ValueError(f"Expected proj_size=0 (RNNStack has no LSTM projections), got {proj_size!r}")
+
+
+def _is_one_chunk(weights: list[Tensor]) -> bool:
+    """Whether ``weights`` are consecutive contiguous views from the start of one storage."""
+    ptr, offset = weights[0].untyped_storage().data_ptr(), 0
+    for w in weights:
+        if w.untyped_storage().data_ptr() != ptr or w.storage_offset() != offset or not w.is_contiguous():
+            return False
+        offset += w.numel()
+    return True
+
+
+def _one_chunk(weights: list[Tensor]) -> list[Tensor]:
+    """``weights`` as views of ONE fresh contiguous buffer (torch order), autograd-connected to them.
+
+    cuDNN takes an RNN's weights without copying them only when they are views of one buffer in its
+    layout; for one layer's call, or with DropConnect-dropped ``weight_hh``, the weights are not. Copying
+    them here (cuDNN would copy them anyway) hands cuDNN one chunk instead of triggering its per-call
+    "not part of single contiguous chunk of memory" warning and copy. If cuDNN's layout differed from this
+    concatenation it would still copy, never compute on misplaced weights (it checks every pointer).
+    """
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    views, offset = [], 0
+    for w in weights:
+        views.append(flat[offset : offset + w.numel()].view(w.shape))
+        offset += w.numel()
+    return views
