@@ -697,9 +697,10 @@ def _one_chunk(weights: list[Tensor]) -> list[Tensor]:
     "not part of single contiguous chunk of memory" warning and copy. If cuDNN's layout differed from this
     concatenation it would still copy, never compute on misplaced weights (it checks every pointer).
     """
-    flat = torch.cat([w.reshape(-1) for w in weights])
-    views, offset = [], 0
-    for w in weights:
-        views.append(flat[offset : offset + w.numel()].view(w.shape))
-        offset += w.numel()
+    with torch.profiler.record_function("lightning_rnn.one_chunk_weights"):  # counted by benchmarks/gpu_check.py
+        flat = torch.cat([w.reshape(-1) for w in weights])
+        views, offset = [], 0
+        for w in weights:
+            views.append(flat[offset : offset + w.numel()].view(w.shape))
+            offset += w.numel()
     return views
