@@ -10,9 +10,10 @@ runs step by step.
   Autograd through a Python step loop records ~15 nodes per step and computes the ``weight_hh`` gradient
   as L small products; this runs the loop without recording, keeps what the backward needs in
   preallocated (L, N, *) buffers and computes the weight gradient as ONE (4H, L*N) @ (L*N, H) product.
-  Its backward is not differentiable: a double backward (``create_graph=True``) raises.
+  Their backward is not differentiable: a double backward (``create_graph=True``) raises.
+- :func:`gru_recurrence` — the same for GRU.
 - :func:`step_loop` — every cell, padded or packed rows, through ordinary autograd (slower, but any order
-  of derivatives).
+  of derivatives): the tanh RNN and packed sequences use it.
 
 Zoneout with keep-previous weights z_t (N, H) (Bernoulli(p) draws in training, the constant p in eval):
 h_t = h̃_t + z_t ⊙ (h_{t-1} − h̃_t), and for LSTM c_t likewise with its own weights, where h̃_t, c̃_t are
@@ -30,13 +31,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["Zoneout", "autocast_dtype", "lstm_recurrence", "step_loop"]
+__all__ = ["Zoneout", "autocast_dtype", "gru_recurrence", "lstm_recurrence", "step_loop"]
 
 #: Zoneout weights of one direction: per-step (L, N, H) keep-previous draws, a constant p (eval), or None.
 Zoneout = Tensor | float | None
 
 _DOUBLE_BACKWARD = (
-    "Double backward (create_graph=True) through RNNStack's per-step LSTM recurrence "
+    "Double backward (create_graph=True) through RNNStack's per-step LSTM recurrence on padded input "
     "(recurrent_dropout_mode='state' or zoneout) is not supported: its backward is hand-written. "
     "Use recurrent_dropout_mode='weight' and zoneout=0 for second-order gradients"
 )
@@ -184,6 +185,114 @@ def lstm_recurrence(
     args = [_cast(t, dt) for t in (xp, h0, c0, w_hh, mask, zoneout_h, zoneout_c)]
     with torch.autocast(xp.device.type, enabled=False):
         return _LSTMRecurrence.apply(args[0].contiguous(), *args[1:])
+
+
+class _GRURecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xp, h0, w_hh, b_hh, mask, zh):  # type: ignore[override]
+        # xp (L, N, 3H) = x @ W_ih^T + b_ih; h0, mask (N, H); w_hh (3H, H); b_hh (3H,) or None; zh: Zoneout
+        length, n, three_h = xp.shape
+        hid = three_h // 3
+        w_t = w_hh.t()
+        act = torch.empty_like(xp)  # r, z, n (L, N, 3H)
+        gh = torch.empty_like(xp)  # (h_{t-1} * mask) @ W_hh^T + b_hh (L, N, 3H); its n part is needed back
+        out = xp.new_empty(length, n, hid)  # h_0 .. h_{L-1} (after zoneout)
+        h = h0
+        for t in range(length):
+            a, g = act[t], gh[t]
+            hm = h if mask is None else h * mask
+            if b_hh is None:
+                torch.mm(hm, w_t, out=g)
+            else:
+                torch.addmm(b_hh, hm, w_t, out=g)
+            torch.add(xp[t, :, : 2 * hid], g[:, : 2 * hid], out=a[:, : 2 * hid]).sigmoid_()  # r, z
+            nt = a[:, 2 * hid :]
+            torch.addcmul(xp[t, :, 2 * hid :], a[:, :hid], g[:, 2 * hid :], out=nt).tanh_()  # n
+            o = out[t]
+            torch.sub(h, nt, out=o)
+            o.mul_(a[:, hid : 2 * hid]).add_(nt)  # h̃ = n + z (h_{t-1} - n)
+            if zh is not None:
+                o.lerp_(h, _at(zh, t))
+            h = o
+        ctx.zoneout = zh if not isinstance(zh, Tensor) else None
+        ctx.has_bias = b_hh is not None
+        ctx.save_for_backward(act, gh, out, h0, w_hh, mask, zh if isinstance(zh, Tensor) else None)
+        return out, out[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD.replace("LSTM", "GRU"))
+        act, gh, out, h0, w_hh, mask, zh_t = ctx.saved_tensors
+        zh = zh_t if zh_t is not None else ctx.zoneout
+        with torch.autocast(act.device.type, enabled=False):
+            length, n, three_h = act.shape
+            hid = three_h // 3
+            rz = act[..., : 2 * hid]
+            d_rz = rz * (1 - rz)  # sigmoid' of r and z, all steps
+            n_all = act[..., 2 * hid :]
+            d_n = 1 - n_all * n_all  # tanh' of n
+            one_minus_z = 1 - act[..., hid : 2 * hid]
+            h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (L, N, H)
+            d_xp = torch.empty_like(act)
+            d_gh = torch.empty_like(act)
+            dh = d_hn.clone()
+            for t in range(length - 1, -1, -1):
+                dh.add_(d_out[t])  # dL/dh_t
+                keep = None
+                if zh is not None:
+                    z_keep = _at(zh, t)
+                    keep = dh * z_keep
+                    dh.mul_(1 - z_keep)  # dL/dh̃_t
+                a, dx, dg = act[t], d_xp[t], d_gh[t]
+                dxr, dxz, dxn = dx[:, :hid], dx[:, hid : 2 * hid], dx[:, 2 * hid :]
+                torch.mul(dh, one_minus_z[t], out=dxn).mul_(d_n[t])  # d pre-activation of n
+                torch.sub(h_prev[t], a[:, 2 * hid :], out=dxz).mul_(dh).mul_(d_rz[t, :, hid:])  # d pre z
+                torch.mul(dxn, gh[t, :, 2 * hid :], out=dxr).mul_(d_rz[t, :, :hid])  # d pre r
+                dg[:, : 2 * hid].copy_(dx[:, : 2 * hid])
+                torch.mul(dxn, a[:, :hid], out=dg[:, 2 * hid :])  # d (W_hn h + b_hn)
+                dh_new = torch.mm(dg, w_hh)  # through the recurrent product
+                if mask is not None:
+                    dh_new.mul_(mask)
+                dh_new.addcmul_(dh, a[:, hid : 2 * hid])  # through z * h_{t-1}
+                if keep is not None:
+                    dh_new.add_(keep)
+                dh = dh_new
+            d_w = d_b = None
+            if ctx.needs_input_grad[2]:
+                hm = h_prev if mask is None else h_prev * mask
+                d_w = torch.mm(d_gh.view(-1, three_h).t(), hm.view(-1, hid))  # (3H, H), one product
+            if ctx.has_bias and ctx.needs_input_grad[3]:
+                d_b = d_gh.sum((0, 1))
+        return d_xp, dh, d_w, d_b, None, None
+
+
+def gru_recurrence(
+    xp: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    mask: Tensor | None = None,
+    zoneout_h: Zoneout = None,
+) -> tuple[Tensor, Tensor]:
+    """GRU recurrence with h_{t-1} multiplied by ``mask`` in the recurrent product, and zoneout.
+
+    torch's GRU: r, z = σ(x W_ir,z + b_ir,z + (h m) W_hr,z + b_hr,z); n = tanh(x W_in + b_in +
+    r ⊙ ((h m) W_hn + b_hn)); h̃ = (1 - z) ⊙ n + z ⊙ h_{t-1} (the unmasked h).
+
+    Inputs:
+        xp: (L, N, 3H) input projections x_t @ W_ih^T + b_ih (b_hh is NOT included: it sits inside r * (.)).
+        h0: (N, H) initial state.
+        w_hh: (3H, H) hidden-to-hidden weight; b_hh: (3H,) or None.
+        mask: (N, H) per-sequence mask on h_{t-1}, or None; zoneout_h: see :data:`Zoneout`. No gradient.
+
+    Outputs:
+        out (L, N, H), h_n (N, H), in the compute dtype (see the module docstring).
+    """
+    dt = _compute_dtype(xp.device.type, w_hh.dtype)
+    args = [_cast(t, dt) for t in (xp, h0, w_hh, b_hh, mask, zoneout_h)]
+    with torch.autocast(xp.device.type, enabled=False):
+        return _GRURecurrence.apply(args[0].contiguous(), *args[1:])
 
 
 def step_loop(

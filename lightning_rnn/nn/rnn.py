@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._recurrence import Zoneout, autocast_dtype, lstm_recurrence, step_loop
+from ._recurrence import Zoneout, autocast_dtype, gru_recurrence, lstm_recurrence, step_loop
 from .dropout import _apply_row_mask, _check_p, _scaled_mask
 from .state import State
 
@@ -574,6 +574,13 @@ class RNNStack(nn.Module):
                 outs.append(out.flip(0) if direction == 1 else out)
                 hs.append(h)
                 cs.append(c)
+                continue
+            if self.cell == "gru" and batch_sizes is None:
+                if direction == 1:
+                    xp, zh = (z.flip(0) if isinstance(z, Tensor) else z for z in (xp, zh))
+                out, h = gru_recurrence(xp, h0, w_hh, b_hh, mask, zh)
+                outs.append(out.flip(0) if direction == 1 else out)
+                hs.append(h)
                 continue
             steps = list(xp.unbind(0)) if batch_sizes is None else list(xp.split(batch_sizes.tolist()))
             step_outs, h, c = step_loop(

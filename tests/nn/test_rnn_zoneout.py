@@ -163,26 +163,30 @@ def test_zoneout_rejects_bad_probability():
 
 @pytest.mark.parametrize("kwargs", [{"recurrent_dropout": 0.3, "recurrent_dropout_mode": "state"},
                                     {"zoneout": 0.2}])
-def test_lstm_step_recurrence_refuses_double_backward_clearly(kwargs):
-    """Second-order gradients through the hand-written LSTM backward raise instead of coming back None."""
-    m = RNNStack("lstm", F, H, **kwargs)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_hand_written_recurrence_refuses_double_backward_clearly(cell, kwargs):
+    """Second-order gradients through the hand-written LSTM / GRU backward raise instead of coming back None."""
+    m = RNNStack(cell, F, H, **kwargs)
     out, _ = m(torch.randn(N, L, F))
-    with pytest.raises(RuntimeError, match=r"Double backward \(create_graph=True\) through RNNStack's per-step LSTM"):
+    with pytest.raises(RuntimeError, match=rf"Double backward \(create_graph=True\) through RNNStack's per-step "
+                       rf"{cell.upper()}"):
         torch.autograd.grad(out.square().sum(), m.weight_hh_l0, create_graph=True, retain_graph=True)
     (g,) = torch.autograd.grad(out.square().sum(), m.weight_hh_l0)  # first order is fine
     assert g.abs().sum() > 0
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru"])
-def test_gru_rnn_step_recurrence_supports_double_backward(float64, cell):
+@pytest.mark.parametrize(("cell", "lengths"), [("rnn", None), ("gru", [3, 2]), ("lstm", [3, 2])])
+def test_autograd_step_loop_supports_double_backward(float64, cell, lengths):
+    """The tanh RNN and packed (lengths) inputs run the autograd step loop: any order of derivatives."""
     m = RNNStack(cell, 3, 3, zoneout=0.2, recurrent_dropout=0.3, recurrent_dropout_mode="state")
-    m.eval()  # deterministic (expectation zoneout); the state mask applies with mc_dropout
-    m.mc_dropout = True
+    m.mc_dropout = True  # masks drawn in eval too; the seed fixes them
+    m.eval()
     x = torch.randn(2, 3, 3, requires_grad=True)
     w = m.weight_hh_l0
+    lengths = None if lengths is None else torch.tensor(lengths)
 
     def fn(x, w):
         torch.manual_seed(0)
-        return torch.func.functional_call(m, {"weight_hh_l0": w}, (x,))[0]
+        return torch.func.functional_call(m, {"weight_hh_l0": w}, (x,), {"lengths": lengths})[0]
 
     assert torch.autograd.gradgradcheck(fn, (x, w))
