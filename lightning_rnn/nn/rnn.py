@@ -152,6 +152,10 @@ class RNNStack(nn.Module):
         (torch.Size([4, 10, 16]), torch.Size([2, 4, 16]))
     """
 
+    #: Per-step recurrence for LSTM / GRU on padded input: ``"hand-written"`` (``autograd.Function``s of
+    #: ``_recurrence.py``) or ``"autograd"`` (the step loop, any order of derivatives; for benchmarks/tests).
+    _recurrence: str = "hand-written"
+
     def __init__(
         self,
         cell: str,
@@ -567,7 +571,8 @@ class RNNStack(nn.Module):
             h0 = hx[0][direction] if lstm else hx[direction]
             c0 = hx[1][direction] if lstm else None
             mask, zh, zc = masks.state[k], masks.zoneout_h[k], masks.zoneout_c[k]
-            if lstm and batch_sizes is None:  # hand-written backward, one weight-gradient product
+            hand_written = batch_sizes is None and self._recurrence == "hand-written"
+            if lstm and hand_written:  # hand-written backward, one weight-gradient product
                 if direction == 1:  # run the reversed sequence; zoneout draws stay tied to time steps
                     xp, zh, zc = (z.flip(0) if isinstance(z, Tensor) else z for z in (xp, zh, zc))
                 out, h, c = lstm_recurrence(xp, h0, c0, w_hh, mask, zh, zc)
@@ -575,7 +580,7 @@ class RNNStack(nn.Module):
                 hs.append(h)
                 cs.append(c)
                 continue
-            if self.cell == "gru" and batch_sizes is None:
+            if self.cell == "gru" and hand_written:
                 if direction == 1:
                     xp, zh = (z.flip(0) if isinstance(z, Tensor) else z for z in (xp, zh))
                 out, h = gru_recurrence(xp, h0, w_hh, b_hh, mask, zh)
