@@ -59,6 +59,8 @@ class RNNLanguageModel(TBPTTModule):
             gradient_clip_algorithm, eval_tbptt_steps: see :class:`~lightning_rnn.TBPTTModule`.
         input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
             dropout of the :class:`~lightning_rnn.nn.RNNStack`.
+        zoneout: zoneout probability of the recurrent state (Krueger et al. 2016), see
+            :class:`~lightning_rnn.nn.RNNStack`.
         embedding_dropout: drops whole vocabulary rows of the embedding (AWD-LSTM).
         tie_weights: share the decoder's weight with the embedding (needs ``embedding_dim`` equal to the
             recurrent output size ``D*H``).
@@ -105,6 +107,7 @@ class RNNLanguageModel(TBPTTModule):
         output_dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         recurrent_dropout_mode: str = "weight",
+        zoneout: float = 0.0,
         embedding_dropout: float = 0.0,
         tie_weights: bool = False,
         optimizer: str = "adam",
@@ -161,6 +164,7 @@ class RNNLanguageModel(TBPTTModule):
             output_dropout=output_dropout,
             recurrent_dropout=recurrent_dropout,
             recurrent_dropout_mode=recurrent_dropout_mode,
+            zoneout=zoneout,
         )
         self.sampler: CandidateSampler | None = None
         if output == "adaptive":
