@@ -154,8 +154,8 @@ _BF16 = {
 
 
 @pytest.mark.parametrize("kind,module", [
-    (kind, module) for kind in CALLBACKS for module in ("classifier", "user", "lm", "seq2seq")
-    if not (kind == "adaptive_tbptt" and module == "lm")  # it turns TBPTT on: a carried bf16 state
+    (kind, module) for kind in CALLBACKS for module in ("classifier", "user", "lm", "tagger", "seq2seq")
+    if not (kind == "adaptive_tbptt" and module in ("lm", "tagger"))  # it turns TBPTT on: a carried bf16 state
 ])
 def test_callback_on_module_bf16(kind, module):
     _fit(kind, module, "bf16-mixed", **_BF16[module])
