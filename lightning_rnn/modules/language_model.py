@@ -326,7 +326,7 @@ class RNNLanguageModel(TBPTTModule):
         out, step_states = self.rnn.forward_steps(self.embedding(inputs))  # (N, L, H)
         if not self.rnn.residual:
             # The loss must hang off the very tensors returned as states, or dL_t/dh_t would be 0: the top
-            # layer's h after step t equals out[:, t] (eval mode), but the kernel returns them as two tensors.
+            # layer's h after step t equals out[:, t] (dropout off), but the kernel returns them as two tensors.
             out = torch.stack([(s[0] if isinstance(s, tuple) else s)[-1] for s in step_states], dim=1)
         scores = self.project(out)  # (N, L, V): exact logits / log-probabilities
         losses = F.cross_entropy(

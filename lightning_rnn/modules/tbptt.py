@@ -480,3 +480,54 @@ class TBPTTModule(LightningModule):
             self._bptt_rng_seeded = saved.get("bptt_rng_seeded", True)
         if "torch_rng" in saved:
             torch.set_rng_state(saved["torch_rng"])
+
+    # ------------------------------------------------------------------ gradient-flow probe (default)
+    def gradient_flow_probe(self, batch: Any, max_steps: int | None = None) -> tuple[list[Any], Tensor]:
+        """Per-step states and losses for the gradient-flow callbacks, derived from :meth:`tbptt_step`.
+
+        Runs ``tbptt_step`` one time step at a time (``slice_batch(batch, t, t + 1)``) from
+        ``initial_state(batch)`` over the first ``max_steps`` steps (None: the whole batch), keeping the
+        state in the autograd graph from step to step, so each step's loss hangs off the states before it.
+        Inside, one-step outputs of unidirectional ``RNNStack`` / ``torch.nn.RNN/LSTM/GRU`` layers are the
+        very tensors of their new state (:func:`~lightning_rnn.functional.gradient_flow.outputs_tied_to_states`),
+        so the loss at t reads the state after step t as well, and torchmetrics metrics are not updated. Any
+        state structure works (tensor, tuple, dict). :func:`~lightning_rnn.functional.measure_gradient_flow`
+        calls it in training mode with dropout off.
+
+        Override it with a faster probe when the model can unroll itself (``RNNLanguageModel`` does); see
+        :class:`~lightning_rnn.functional.gradient_flow.SupportsGradientFlowProbe`.
+
+        Outputs:
+            step_states: list of L states, ``step_states[t]`` the state after step t (graph attached).
+            step_losses: ``(L,)`` each step's ``loss * weight`` (the loss summed over its targets, when
+            ``TBPTTStep.weight`` counts them), NaN at steps without a target (weight 0).
+        """
+        from torchmetrics import Metric
+
+        from lightning_rnn.functional.gradient_flow import outputs_tied_to_states
+
+        length = batch_time_length(batch)
+        steps = length if max_steps is None else min(int(max_steps), length)
+        metrics = [m for m in self.modules() if isinstance(m, Metric)]
+        updates = [(m, m.__dict__.get("update")) for m in metrics]
+        state = self.initial_state(batch)
+        step_states: list[Any] = []
+        losses: list[Tensor] = []
+        try:
+            for m in metrics:  # the probe's steps are not training steps: keep metric states as they are
+                m.__dict__["update"] = lambda *args, **kwargs: None
+            with outputs_tied_to_states(self):
+                for t in range(steps):
+                    step = self.tbptt_step(self.slice_batch(batch, t, t + 1), state)
+                    weight = torch.as_tensor(1.0 if step.weight is None else step.weight, device=step.loss.device)
+                    loss = step.loss.float() * weight.float()
+                    losses.append(torch.where(weight > 0, loss, torch.full_like(loss, float("nan"))))
+                    state = step.state
+                    step_states.append(state)
+        finally:
+            for m, update in updates:
+                if update is None:
+                    m.__dict__.pop("update", None)
+                else:
+                    m.__dict__["update"] = update
+        return step_states, torch.stack(losses)
