@@ -116,6 +116,10 @@ class AdaptiveGradientClipping(Callback):
     ``max_nonfinite_steps`` consecutive ones :class:`NonFiniteGradientError` stops training. Under fp16
     AMP, overflowing steps before the first finite one are the GradScaler's search for a scale (it starts at
     2**16 and halves per overflow): 16 more are allowed then. The scaler skips overflowing steps itself.
+    On a :class:`~lightning_rnn.TBPTTModule` the engine itself skips a chunk whose loss or gradient is
+    non-finite before ``optimizer.step()`` (counting it in ``train/skipped_steps``, resetting the carried
+    state's NaN rows, stopping after ``max_consecutive_skips``), so this callback never sees those steps; its
+    own skip then only covers the GradScaler's overflowing steps, and modules without the engine.
 
     Logged through ``pl_module.log`` on the batches whose step metrics Lightning writes to the loggers
     (every ``Trainer(log_every_n_steps)`` batches), on the first and the last batch of the fit, and on every

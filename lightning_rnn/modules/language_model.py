@@ -141,6 +141,11 @@ class RNNLanguageModel(TBPTTModule):
             raise ValueError(f"Expected pad_id to be an int, got {pad_id!r}")
         if output not in _OUTPUTS:
             raise ValueError(f"Expected output in {_OUTPUTS}, got {output!r}")
+        if output != "full" and type(self).project is not RNNLanguageModel.project:
+            raise TypeError(
+                f"Expected output='full' with {type(self).__name__}.project overridden, got output={output!r}: the "
+                f"{output} softmax loss reads the output layer's weights directly, so training would ignore project()."
+            )
         if output == "adaptive" and tie_weights:
             raise ValueError("Expected tie_weights=False with output='adaptive' (its head has V' < V rows), got True")
         if output == "sampled" and (isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or num_sampled < 1):
@@ -222,7 +227,7 @@ class RNNLanguageModel(TBPTTModule):
         valid = targets != self.pad_id  # (N, L)
         weight = valid.sum()
         if self.output == "full" or (self.output == "sampled" and not self.training):
-            logits = self.decoder(features)  # (N, L, V)
+            logits = self.project(features)  # (N, L, V); a subclass's project() override trains and evaluates
             loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=self.pad_id)
             return loss, weight, None if self.training else logits
         flat, tgt = features[valid], targets[valid]  # (M, D*H), (M,)
