@@ -3,6 +3,7 @@
 from lightning_rnn.callbacks.adaptive_clipping import AdaptiveGradientClipping, NonFiniteGradientError
 from lightning_rnn.callbacks.adaptive_tbptt import AdaptiveTBPTT
 from lightning_rnn.callbacks.gradient_flow import GradientFlowMonitor
+from lightning_rnn.callbacks.resume import ExactResume
 from lightning_rnn.callbacks.spectral_norm import SpectralNormMonitor
 from lightning_rnn.callbacks.throughput import TokensPerSecond
 
@@ -10,4 +11,5 @@ __all__: list[str] = []
 __all__ += ["AdaptiveGradientClipping", "NonFiniteGradientError"]
 __all__ += ["AdaptiveTBPTT"]
 __all__ += ["GradientFlowMonitor", "SpectralNormMonitor"]
+__all__ += ["ExactResume"]
 __all__ += ["TokensPerSecond"]

@@ -385,5 +385,10 @@ class Seq2SeqAttention(L.LightningModule):
         for fig in figs:
             plt.close(fig)
 
+    def configure_callbacks(self) -> list[Any]:
+        from lightning_rnn.callbacks.resume import ExactResume  # RNG restored when fit resumes
+
+        return [ExactResume()]
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -27,7 +27,7 @@ from lightning_rnn.functional.tbptt import (
     variable_chunk_bounds,
     window_starts,
 )
-from lightning_rnn.nn.state import detach_state, reset_state_rows
+from lightning_rnn.nn.state import detach_state, map_state, reset_state_rows
 
 __all__ = ["TBPTTModule", "TBPTTStep"]
 
@@ -289,7 +289,9 @@ class TBPTTModule(LightningModule):
                     f"{trainer.accumulate_grad_batches}: a TBPTT module takes one optimizer step per chunk "
                     "(manual optimization). Use a larger batch size or a larger tbptt_steps instead."
                 )
-        return []
+        from lightning_rnn.callbacks.resume import ExactResume  # RNG + carried state on resume
+
+        return [ExactResume()]
 
     def on_fit_start(self) -> None:
         seed = int(torch.initial_seed() % (2**31))
@@ -438,21 +440,36 @@ class TBPTTModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Saves the settings a callback may change (``tbptt_steps``), the chunk-length RNG and the recurrent
+        state carried across batches (``carry_state=True``), all as plain data (tensors, ints, tuples)."""
+        carried = detach_state(self._carried_state) if self._carried_state is not None else None
         checkpoint["lightning_rnn_tbptt"] = {
             "tbptt_steps": self._tbptt_steps,
             "bptt_rng": self._bptt_rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
             "bptt_rng_seeded": self._bptt_rng_seeded,
+            "carried_state": carried,
+            "carried_rows": self._carried_rows,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores what :meth:`on_save_checkpoint` saved. The carried state is handed back just before the
+        first training batch of a resumed ``fit`` (by :class:`~lightning_rnn.callbacks.ExactResume`); the
+        process's RNG is never touched here (``load_from_checkpoint`` must not reseed the caller)."""
         saved = checkpoint.get("lightning_rnn_tbptt")
         if not saved:
             return
         if saved.get("tbptt_steps", self._tbptt_steps) is not None:
             self._tbptt_steps = saved.get("tbptt_steps", self._tbptt_steps)
         if "bptt_rng" in saved:
-            self._bptt_rng.setstate(saved["bptt_rng"])
+            version, internal, gauss = saved["bptt_rng"]
+            self._bptt_rng.setstate((version, tuple(internal), gauss))
             self._bptt_rng_seeded = saved.get("bptt_rng_seeded", True)
-        if "torch_rng" in saved:
-            torch.set_rng_state(saved["torch_rng"])
+        self._resumed_carry = (saved.get("carried_state"), saved.get("carried_rows"))
+
+    def _restore_resumed_state(self) -> None:
+        """Put the carried state of the checkpoint back (called once, at the first batch of a resumed fit)."""
+        carried, rows = getattr(self, "_resumed_carry", (None, None))
+        self._resumed_carry = (None, None)
+        if carried is not None and self.carry_state:
+            self._carried_state = map_state(lambda t: t.to(self.device), carried)
+            self._carried_rows = rows
