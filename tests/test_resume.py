@@ -79,7 +79,9 @@ def _trainer(max_steps: int, callbacks: list, tmp: Path) -> Trainer:
 
 
 @pytest.mark.parametrize("name", [
-    "tagger", "classifier", "seq2seq",
+    "tagger",
+    pytest.param("classifier", marks=pytest.mark.slow),
+    pytest.param("seq2seq", marks=pytest.mark.slow),
     pytest.param("lm", marks=pytest.mark.xfail(reason="TextStreamDataModule's loader is not stateful yet", strict=False)),
 ])
 def test_resume_mid_epoch_equals_uninterrupted_run(name: str, tmp_path: Path) -> None:
