@@ -34,7 +34,8 @@ def _describe_failure(err: BaseException) -> str:
     if blocked is not None:
         return (f"its unpickling would call {blocked.group(1)} (refused: checkpoints are loaded with "
                 "weights_only=True, as data only)")
-    if isinstance(err, EOFError) or "central directory" in text or "failed reading" in text:
+    truncated = isinstance(err, EOFError) or (isinstance(err, OSError) and err.errno == 22)  # EINVAL: cut zip
+    if truncated or "central directory" in text or "failed reading" in text:
         return "it is empty or truncated (an interrupted write?)"
     return f"it is not a PyTorch checkpoint ({type(err).__name__})"
 

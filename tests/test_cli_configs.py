@@ -21,7 +21,6 @@ import yaml
 from lightning_rnn import RNNClassifier, RNNTagger, Seq2SeqAttention
 from lightning_rnn.cli import cli_main, main
 from lightning_rnn.cli.vocab import vocab_from_checkpoint
-from lightning_rnn.data import CharVocab
 
 from .test_cli import _error_line
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 __all__ = ["LastCheckpoint"]
@@ -89,8 +90,13 @@ class LastCheckpoint(ModelCheckpoint):
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if trainer.state.fn == "fit":
+        if trainer.state.fn != "fit" or trainer.global_step == 0:  # nothing trained yet: nothing to keep
+            return
+        try:
             self._save(trainer)
+        except Exception as err:  # never hide the exception that stopped the run
+            rank_zero_warn(f"{type(self).__name__} could not save {self._path()} after {type(exception).__name__}: "
+                           f"{err}")
 
     @override
     def state_dict(self) -> dict[str, Any]:
