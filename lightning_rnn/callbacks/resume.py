@@ -58,10 +58,12 @@ class ExactResume(Callback):
 
     Lightning restores the weights, the optimizer, the loops' counters and (for stateful loaders, e.g. the
     data modules of :mod:`lightning_rnn.data`) the position in the epoch. This callback adds the random
-    number generators (torch CPU and CUDA, Python, NumPy), applied just before the first training batch
-    after the restore — so anything that draws between the restore and that batch does not shift the
-    stream — and hands a :class:`~lightning_rnn.TBPTTModule` its carried recurrent state back at the same
-    moment (Lightning's ``on_train_epoch_start`` would otherwise reset it on a mid-epoch resume).
+    number generators (torch CPU and CUDA, Python, NumPy), set when Lightning restores the checkpoint — the
+    draws between the restore and the first batch are then the ones the uninterrupted run made between the
+    save and its next batch (the shipped data modules' loaders draw none; a plain ``DataLoader`` draws one
+    seed per epoch in both) — and hands a :class:`~lightning_rnn.TBPTTModule` its carried recurrent state
+    back just before the first training batch (Lightning's ``on_train_epoch_start`` would otherwise reset
+    it on a mid-epoch resume).
 
     Only ``fit`` resuming applies anything: ``validate`` / ``test`` / ``predict`` with ``ckpt_path`` and
     ``Module.load_from_checkpoint`` leave the process's RNG untouched.
@@ -75,21 +77,25 @@ class ExactResume(Callback):
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
+        self._fitting = False
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_state()}
 
     @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._fitting = trainer.state.fn == "fit"  # Lightning calls load_state_dict right after this hook
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("rng")
+        rng = state_dict.get("rng")
+        if rng is not None and self._fitting:
+            set_rng_state(rng)
+        self._fitting = False
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         restore = getattr(pl_module, "_restore_resumed_state", None)
-        if callable(restore):  # TBPTTModule: the carried recurrent state saved with the checkpoint
-            restore()
-        if self._pending is not None and trainer.state.fn == "fit":
-            set_rng_state(self._pending)
-        self._pending = None
+        if callable(restore):  # TBPTTModule: the carried state saved with a mid-epoch checkpoint
+            restore(mid_epoch=batch_idx > 0)

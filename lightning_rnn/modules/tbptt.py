@@ -466,10 +466,11 @@ class TBPTTModule(LightningModule):
             self._bptt_rng_seeded = saved.get("bptt_rng_seeded", True)
         self._resumed_carry = (saved.get("carried_state"), saved.get("carried_rows"))
 
-    def _restore_resumed_state(self) -> None:
-        """Put the carried state of the checkpoint back (called once, at the first batch of a resumed fit)."""
+    def _restore_resumed_state(self, mid_epoch: bool) -> None:
+        """Put the carried state of the checkpoint back (called at the first batch of a resumed fit; a run
+        resumed at an epoch start starts from a fresh state, as the uninterrupted run did)."""
         carried, rows = getattr(self, "_resumed_carry", (None, None))
         self._resumed_carry = (None, None)
-        if carried is not None and self.carry_state:
+        if carried is not None and self.carry_state and mid_epoch:
             self._carried_state = map_state(lambda t: t.to(self.device), carried)
             self._carried_rows = rows
