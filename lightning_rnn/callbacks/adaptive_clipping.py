@@ -298,6 +298,12 @@ class AdaptiveGradientClipping(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        clippers = [cb for cb in trainer.callbacks if isinstance(cb, AdaptiveGradientClipping)]
+        if len(clippers) > 1:
+            raise ValueError(
+                f"Expected one {type(self).__name__} callback per Trainer, got {len(clippers)}: each would clip the "
+                "same gradients again. Keep one."
+            )
         trainer_clip = trainer.gradient_clip_val
         if trainer_clip is not None and trainer_clip > 0:
             raise ValueError(

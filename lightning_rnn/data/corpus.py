@@ -19,6 +19,7 @@ def stdlib_source_dir() -> Path:
 
 def stdlib_corpus_files(max_bytes: int | None = 4_000_000) -> list[Path]:
     """The top-level ``*.py`` files of the standard library, sorted by name, up to ``max_bytes`` in total."""
+    _check_max_bytes(max_bytes)
     files = sorted(p for p in stdlib_source_dir().glob("*.py") if p.is_file())
     if max_bytes is None:
         return files
@@ -72,8 +73,10 @@ def read_text_source(
 
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: an empty file, a directory without text files, or a binary / non-UTF-8 file (named).
+        ValueError: an empty file, a directory without text files, or a binary / non-UTF-8 file (named);
+            ``max_bytes`` < 1.
     """
+    _check_max_bytes(max_bytes)
     if isinstance(source, list):
         docs = []
         for item in source:
@@ -103,6 +106,11 @@ def read_text_source(
     if not str(source):
         raise ValueError("Expected a text source (file, directory or text), got an empty string")
     return [("<string>", str(source))]
+
+
+def _check_max_bytes(max_bytes: object) -> None:
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+        raise ValueError(f"Expected max_bytes to be an int >= 1 or None (no limit), got {max_bytes!r}")
 
 
 def _cap(docs: list[tuple[str, str]], max_bytes: int | None) -> list[tuple[str, str]]:

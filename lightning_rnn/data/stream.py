@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightning_rnn.data.corpus import read_text_source, stdlib_corpus_files
+from lightning_rnn.data.corpus import _check_max_bytes, read_text_source, stdlib_corpus_files
 from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
 
 __all__ = ["StreamChunks", "TextStreamDataModule", "batchify"]
@@ -251,6 +251,7 @@ class TextStreamDataModule(LightningDataModule):
         self.test_fraction = test_fraction
         self.min_freq = min_freq
         self.max_size = max_size
+        _check_max_bytes(max_bytes)  # 0 or negative must not mean "everything"
         self.max_bytes = max_bytes
         self.pattern = pattern
         self.mark_documents = mark_documents

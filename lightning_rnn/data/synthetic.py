@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_rnn.data.collate import pad_collate
+from lightning_rnn.data.loaders import eval_loader, train_loader
 
 __all__ = ["BIT_TASKS", "BitStreamTaggingDataModule", "make_bit_streams"]
 
@@ -83,8 +84,10 @@ class _GeneratedDataModule(LightningDataModule):
         items = self.split(name)
         if items is None or len(items) == 0:
             return []
-        return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate_fn,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if shuffle:  # training: resumable mid-epoch (Lightning saves its position in checkpoints)
+            return train_loader(items, batch_size, seed=self.seed, collate_fn=self.collate_fn,
+                                num_workers=self.num_workers)
+        return eval_loader(items, batch_size, collate_fn=self.collate_fn, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader | list:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from lightning_rnn.data.collate import pad_collate
 from lightning_rnn.data.corpus import _read_file, read_text_source, stdlib_source_dir
+from lightning_rnn.data.loaders import eval_loader, train_loader
 from lightning_rnn.data.synthetic import _check_int
 from lightning_rnn.data.vocab import CharVocab, Vocab
 
@@ -329,8 +330,10 @@ class TextClassificationDataModule(LightningDataModule):
         if not items:
             return []
         batch_size = self.batch_size if split == "train" else (self.eval_batch_size or self.batch_size)
-        return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=pad_collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if shuffle:  # training: resumable mid-epoch (Lightning saves its position in checkpoints)
+            return train_loader(items, batch_size, seed=self.seed, collate_fn=pad_collate,
+                                num_workers=self.num_workers)
+        return eval_loader(items, batch_size, collate_fn=pad_collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader | list:
         return self._loader("train", shuffle=True)

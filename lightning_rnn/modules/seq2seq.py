@@ -233,6 +233,9 @@ class Seq2SeqAttention(L.LightningModule):
         for name, i in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
             if not 0 <= i < tgt_size:
                 raise ValueError(f"Expected {name} in [0, {tgt_size}) (the target vocab size), got {i}")
+        if pad_id == eos_id:
+            raise ValueError(f"Expected pad_id different from eos_id (the loss ignores pad_id: EOS would never be "
+                             f"learned), got pad_id=eos_id={pad_id}")
         dec_hidden = decoder_hidden_size or hidden_size
         if attention == "luong_dot" and decoder_hidden_size is None:
             dec_hidden = (2 if bidirectional else 1) * hidden_size  # dot scores need query size == key size
@@ -406,6 +409,11 @@ class Seq2SeqAttention(L.LightningModule):
             elif isinstance(logger, TensorBoardLogger):
                 for i, fig in enumerate(figs):
                     logger.experiment.add_figure(f"val/attention_{i}", fig, global_step=step, close=False)
+
+    def configure_callbacks(self) -> list[Any]:
+        from lightning_rnn.callbacks.resume import ExactResume  # RNG restored when fit resumes
+
+        return [ExactResume()]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

@@ -600,7 +600,9 @@ class TBPTTModule(LightningModule):
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == "fit":
             self._check_trainer(trainer)
-        return []
+        from lightning_rnn.callbacks.resume import ExactResume  # RNG + carried state on resume
+
+        return [ExactResume()]
 
     # ------------------------------------------------------------------ training
     def _optimizer_update(
@@ -868,24 +870,40 @@ class TBPTTModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Saves the settings a callback may change (``tbptt_steps``), the chunk-length RNG and the recurrent
+        state carried across batches (``carry_state=True``), all as plain data (tensors, ints, tuples)."""
+        carried = detach_state(self._carried_state) if self._carried_state is not None else None
         checkpoint["lightning_rnn_tbptt"] = {
             "tbptt_steps": self._tbptt_steps,
             "bptt_rng": self._bptt_rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
             "bptt_rng_seeded": self._bptt_rng_seeded,
+            "carried_state": carried,
+            "carried_rows": self._carried_rows,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores what :meth:`on_save_checkpoint` saved. The carried state is handed back just before the
+        first training batch of a resumed ``fit`` (by :class:`~lightning_rnn.callbacks.ExactResume`); the
+        process's RNG is never touched here (``load_from_checkpoint`` must not reseed the caller)."""
         saved = checkpoint.get("lightning_rnn_tbptt")
         if not saved:
             return
         if saved.get("tbptt_steps", self._tbptt_steps) is not None:
             self._tbptt_steps = saved.get("tbptt_steps", self._tbptt_steps)
         if "bptt_rng" in saved:
-            self._bptt_rng.setstate(saved["bptt_rng"])
+            version, internal, gauss = saved["bptt_rng"]
+            self._bptt_rng.setstate((version, tuple(internal), gauss))
             self._bptt_rng_seeded = saved.get("bptt_rng_seeded", True)
-        if "torch_rng" in saved:
-            torch.set_rng_state(saved["torch_rng"])
+        self._resumed_carry = (saved.get("carried_state"), saved.get("carried_rows"))
+
+    def _restore_resumed_state(self, mid_epoch: bool) -> None:
+        """Put the carried state of the checkpoint back (called at the first batch of a resumed fit; a run
+        resumed at an epoch start starts from a fresh state, as the uninterrupted run did)."""
+        carried, rows = getattr(self, "_resumed_carry", (None, None))
+        self._resumed_carry = (None, None)
+        if carried is not None and self.carry_state and mid_epoch:
+            self._carried_state = map_state(lambda t: t.to(self.device), carried)
+            self._carried_rows = rows
 
     # ------------------------------------------------------------------ gradient-flow probe (default)
     def gradient_flow_probe(self, batch: Any, max_steps: int | None = None) -> tuple[list[Any], Tensor]:
