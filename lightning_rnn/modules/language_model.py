@@ -11,8 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
+from lightning_rnn.functional.activation_reg import (
+    activation_regularization,
+    temporal_activation_regularization,
+)
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
-from lightning_rnn.nn.dropout import EmbeddingDropout
+from lightning_rnn.nn.dropout import EmbeddingDropout, locked_dropout
 from lightning_rnn.nn.rnn import RNNStack
 from lightning_rnn.nn.softmax import CandidateSampler, adaptive_softmax, sampled_softmax_loss
 
@@ -59,6 +63,10 @@ class RNNLanguageModel(TBPTTModule):
         input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
             dropout of the :class:`~lightning_rnn.nn.RNNStack`.
         embedding_dropout: drops whole vocabulary rows of the embedding (AWD-LSTM).
+        ar_alpha, tar_beta: AWD-LSTM's activation regularization ``ar_alpha * mean(dropped outputs**2)`` and
+            temporal activation regularization ``tar_beta * mean((h_t - h_{t-1})**2)`` on the last layer's
+            outputs, per training chunk (:mod:`lightning_rnn.functional.activation_reg`), added to the loss
+            that is backpropagated (not to the logged ``train/loss``) and logged as ``train/ar``, ``train/tar``.
         tie_weights: share the decoder's weight with the embedding (needs ``embedding_dim`` equal to the
             recurrent output size ``D*H``).
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; override ``configure_optimizers`` for anything else.
@@ -104,6 +112,8 @@ class RNNLanguageModel(TBPTTModule):
         recurrent_dropout: float = 0.0,
         recurrent_dropout_mode: str = "weight",
         embedding_dropout: float = 0.0,
+        ar_alpha: float = 0.0,
+        tar_beta: float = 0.0,
         tie_weights: bool = False,
         optimizer: str = "adam",
         lr: float = 1e-3,
@@ -141,6 +151,10 @@ class RNNLanguageModel(TBPTTModule):
             raise ValueError("Expected tie_weights=False with output='adaptive' (its head has V' < V rows), got True")
         if output == "sampled" and (isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or num_sampled < 1):
             raise ValueError(f"Expected num_sampled to be a positive int, got {num_sampled!r}")
+        for name, value in (("ar_alpha", ar_alpha), ("tar_beta", tar_beta)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"Expected {name} >= 0, got {value!r}")
+        self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
         self.save_hyperparameters(ignore=["sampler_counts"])
         self.output = output
         self.vocab_size = vocab_size
@@ -239,9 +253,25 @@ class RNNLanguageModel(TBPTTModule):
 
     def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
         inputs, targets = _unpack(chunk)
-        out, state = self.rnn(self.embedding(inputs), state)  # (N, k, D*H)
+        regularize = self.training and (self.ar_alpha > 0 or self.tar_beta > 0)
+        if not regularize:
+            out, state = self.rnn(self.embedding(inputs), state)  # (N, k, D*H)
+            raw = out
+        else:  # TAR needs the outputs before the output dropout: apply it here, same mask draw as RNNStack's
+            p, self.rnn.output_dropout = self.rnn.output_dropout, 0.0
+            try:
+                raw, state = self.rnn(self.embedding(inputs), state)  # (N, k, D*H), undropped
+            finally:
+                self.rnn.output_dropout = p
+            out = locked_dropout(raw, p, batch_first=self.rnn.batch_first)
         loss, weight, scores = self.token_loss(out, targets)  # scores (N, k, V) in evaluation
-        return TBPTTStep(loss=loss, state=state, weight=weight, outputs=scores)
+        step = TBPTTStep(loss=loss, state=state, weight=weight, outputs=scores)
+        if regularize:
+            valid = targets != self.ignore_index  # padding steps count in neither penalty
+            ar = activation_regularization(out, self.ar_alpha, valid)
+            tar = temporal_activation_regularization(raw, self.tar_beta, valid)
+            step.penalty, step.metrics = ar + tar, {"ar": ar.detach(), "tar": tar.detach()}
+        return step
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

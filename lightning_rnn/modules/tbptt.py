@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,6 +45,9 @@ class TBPTTStep:
             chunks into a batch mean and to weight the epoch mean. ``None`` means the chunk's time length.
         outputs: anything the subclass wants back in :meth:`TBPTTModule.on_eval_chunk_end` (e.g. logits).
         metrics: extra scalars to log for this chunk (``train/<name>`` in training).
+        penalty: a regularization term (e.g. AR/TAR, :mod:`lightning_rnn.functional.activation_reg`) added to
+            ``loss`` for the backward pass only (weighted across chunks like ``loss``); it is not part of the
+            logged ``train/loss`` and not used in evaluation.
     """
 
     loss: Tensor
@@ -52,6 +55,7 @@ class TBPTTStep:
     weight: float | Tensor | None = None
     outputs: Any = None
     metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    penalty: Tensor | float = 0.0
 
 
 def _check_steps(name: str, value: int | None) -> None:
@@ -336,10 +340,14 @@ class TBPTTModule(LightningModule):
                 saved[cut] = detach_state(state)
                 pos = cut
             loss, weight = self._combine(new_steps, new_lengths)
+            objective = loss
+            if any(isinstance(s.penalty, Tensor) or s.penalty for s in new_steps):
+                penalties = [replace(s, loss=torch.as_tensor(s.penalty, device=loss.device)) for s in new_steps]
+                objective = loss + self._combine(penalties, new_lengths)[0]
 
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            self.manual_backward(objective)
             scale = (end - start) / k if (self.variable_bptt and k) else 1.0
             for opt in optimizers:
                 if scale != 1.0:
