@@ -3,6 +3,7 @@
 from lightning_rnn.callbacks.adaptive_clipping import AdaptiveGradientClipping, NonFiniteGradientError
 from lightning_rnn.callbacks.adaptive_tbptt import AdaptiveTBPTT
 from lightning_rnn.callbacks.gradient_flow import GradientFlowMonitor
+from lightning_rnn.callbacks.nt_asgd import NTASGD
 from lightning_rnn.callbacks.spectral_norm import SpectralNormMonitor
 from lightning_rnn.callbacks.throughput import TokensPerSecond
 
@@ -11,3 +12,4 @@ __all__ += ["AdaptiveGradientClipping", "NonFiniteGradientError"]
 __all__ += ["AdaptiveTBPTT"]
 __all__ += ["GradientFlowMonitor", "SpectralNormMonitor"]
 __all__ += ["TokensPerSecond"]
+__all__ += ["NTASGD"]
