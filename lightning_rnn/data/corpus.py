@@ -6,7 +6,19 @@ import os
 import sysconfig
 from pathlib import Path
 
-__all__ = ["read_text_source", "stdlib_source_dir", "stdlib_corpus_files"]
+__all__ = ["PYDOC_TOPICS", "pydoc_topics_text", "read_text_source", "stdlib_source_dir", "stdlib_corpus_files"]
+
+#: ``source`` name of a natural-language corpus present on every machine: the English text of the Python
+#: documentation's help topics shipped with the standard library (``pydoc_data.topics``, ~465k characters).
+PYDOC_TOPICS = "stdlib:pydoc_topics"
+
+
+def pydoc_topics_text() -> str:
+    """The help topics of ``pydoc_data.topics`` (prose of the Python reference), sorted by topic, joined by a
+    blank line."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics))
 
 
 def stdlib_source_dir() -> Path:
@@ -58,7 +70,8 @@ def read_text_source(
 
     ``source`` is a text file, a directory (every file matching ``pattern`` — a glob such as ``"*.py"`` — below
     it, recursively, sorted by path; hidden files and directories skipped; empty files skipped; one document
-    per file), a list of files, or a literal string. A string that is not an existing path is
+    per file), a list of files, ``PYDOC_TOPICS`` (``"stdlib:pydoc_topics"``, English prose on every machine), or a
+    literal string. A string that is not an existing path is
     text — unless it looks like a path (contains a path separator, starts with ``.``/``~``, or is a single
     word with a suffix such as ``corpus.txt``), in which case a missing path is an error, not text.
 
@@ -74,6 +87,8 @@ def read_text_source(
         FileNotFoundError: a path that does not exist.
         ValueError: an empty file, a directory without text files, or a binary / non-UTF-8 file (named).
     """
+    if isinstance(source, str) and source == PYDOC_TOPICS:
+        return _cap([(PYDOC_TOPICS, pydoc_topics_text())], max_bytes)
     if isinstance(source, list):
         docs = []
         for item in source:
