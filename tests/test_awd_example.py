@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 
 from lightning_rnn import RNNLanguageModel
 from lightning_rnn.cli import cli_main
@@ -41,6 +42,38 @@ trainer.fit(model, data)  # SGD, then averaging once val/loss stops improving
 trainer.test(model, data)  # the averaged weights
 '''
 
+#: the docs' example of AR/TAR in a user's own TBPTTModule, verbatim
+CUSTOM_SNIPPET = '''\
+import torch
+from torch import nn
+
+from lightning_rnn import TBPTTModule, TBPTTStep
+from lightning_rnn.functional import activation_regularization, temporal_activation_regularization
+from lightning_rnn.nn import LockedDropout
+
+
+class MyLM(TBPTTModule):
+    def __init__(self, vocab: int = 100, hidden: int = 64):
+        super().__init__(tbptt_steps=35, carry_state=True)
+        self.embed = nn.Embedding(vocab, hidden)
+        self.rnn = nn.LSTM(hidden, hidden, batch_first=True)
+        self.drop = LockedDropout(0.4)
+        self.head = nn.Linear(hidden, vocab)
+
+    def tbptt_step(self, chunk, state):
+        x, y = chunk  # (N, L), (N, L)
+        raw, state = self.rnn(self.embed(x), state)  # (N, L, H), before output dropout
+        out = self.drop(raw)  # after it
+        loss = nn.functional.cross_entropy(self.head(out).flatten(0, 1), y.flatten(), ignore_index=-100)
+        mask = y != -100  # padding steps count in neither penalty
+        ar = activation_regularization(out, 2.0, mask)  # 2 * mean(out ** 2)
+        tar = temporal_activation_regularization(raw, 1.0, mask)  # 1 * mean((h_t - h_(t-1)) ** 2)
+        return TBPTTStep(loss, state, penalty=ar + tar, metrics={"ar": ar.detach(), "tar": tar.detach()})
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+'''
+
 #: the snippet shrunk to seconds: (text in the snippet, replacement)
 SHRINK = [
     ("batch_size=20, eval_batch_size=10,\n                            bptt=280", "batch_size=4, eval_batch_size=4, bptt=24"),
@@ -65,7 +98,7 @@ def test_snippet_is_at_most_30_lines_and_matches_the_docs() -> None:
     if not doc.is_file():
         pytest.skip("changes/awd.md is not in this tree")
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
-    assert SNIPPET in blocks
+    assert SNIPPET in blocks and CUSTOM_SNIPPET in blocks
 
 
 def test_snippet_runs_tiny() -> None:
@@ -109,3 +142,18 @@ def test_config_fits_tiny_with_every_piece(tmp_path: Path, monkeypatch: pytest.M
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     assert ckpt["callbacks"]["NTASGD"]["history"]
     assert "validation bits per token (best checkpoint)" in capsys.readouterr().out
+
+
+def test_custom_module_snippet_trains_with_the_penalty() -> None:
+    namespace: dict = {}
+    exec(compile(CUSTOM_SNIPPET, "awd_custom_snippet", "exec"), namespace)
+    model = namespace["MyLM"](vocab=12, hidden=8)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 12, (2, 40), generator=g), torch.randint(0, 12, (2, 40), generator=g))]
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert trainer.global_step == 2  # chunks of 35 + 5
+    assert float(trainer.callback_metrics["train/ar"]) > 0 and float(trainer.callback_metrics["train/tar"]) > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
