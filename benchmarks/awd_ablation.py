@@ -290,11 +290,13 @@ def main() -> None:
     jobs = [(row, seed, vars(args)) for row in rows for seed in range(args.seeds)]
     print(f"{len(rows)} rows x {args.seeds} seeds = {len(jobs)} runs of {args.epochs} epochs, {args.jobs} in parallel")
     start = time.perf_counter()
-    if args.jobs > 1:
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            results = pool.map(run_one, jobs, chunksize=1)
-    else:
-        results = [run_one(job) for job in jobs]
+    results: list[dict[str, Any]] = []
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        for result in pool.imap_unordered(run_one, jobs, chunksize=1):
+            results.append(result)
+            print(f"[{len(results)}/{len(jobs)}] {result['row']}, seed {result['seed']}: test ppl "
+                  f"{result['test_ppl']:.1f}, best val ppl {result['best_val_ppl']:.1f}", flush=True)
+    results.sort(key=lambda r: (rows.index(r["row"]), r["seed"]))
     print(f"trained in {time.perf_counter() - start:.0f} s; vocabulary {results[0]['vocab_size']} words\n")
 
     header = f"{'row':<26} {'test ppl (end)':>17} {'best val ppl':>17}  NT-ASGD switch step"

@@ -3,6 +3,7 @@ checkpoints on the averaged weights, and an exact resume."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_rnn import RNNLanguageModel
 from lightning_rnn.callbacks import NTASGD
@@ -71,12 +73,15 @@ def test_trigger_average_validation_and_checkpoint(tmp_path: Path):
     model = ScriptedLM()
     cb = NTASGD(n=2, monitor="val/score")
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
-    t = trainer(max_epochs=8, callbacks=[cb, ckpt], enable_checkpointing=True)
+    t = trainer(max_epochs=8, callbacks=[cb, ckpt], enable_checkpointing=True, logger=CSVLogger(tmp_path, name="log"))
     train, val = _data()
     t.fit(model, train, val)
 
     switch = SWITCH_EPOCH * STEPS_PER_EPOCH + STEPS_PER_EPOCH  # global_step after epoch 5's training
     assert cb.switch_step == switch and cb.history == pytest.approx(SCRIPT[:8])
+    with open(next(tmp_path.glob("log/*/metrics.csv"))) as f:  # the switch and its step are logged once
+        logged = [row for row in csv.DictReader(f) if row.get("nt_asgd/switch_step")]
+    assert [(int(row["step"]), float(row["nt_asgd/switch_step"])) for row in logged] == [(switch, switch)]
     assert len(model.iterates) == 8 * STEPS_PER_EPOCH
     since = model.iterates[switch:]  # the iterates produced by the steps after the switch
     assert cb.n_averaged == len(since) == 2 * STEPS_PER_EPOCH
