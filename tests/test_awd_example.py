@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 
 from lightning_rnn import RNNLanguageModel
-from lightning_rnn.cli import cli_main
+from lightning_rnn.cli import cli_main, main
 from lightning_rnn.data.corpus import PYDOC_TOPICS, pydoc_topics_text, read_text_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ trainer.test(model, data)  # the averaged weights
 #: the docs' example of AR/TAR in a user's own TBPTTModule, verbatim
 CUSTOM_SNIPPET = '''\
 import torch
+import yaml
 from torch import nn
 
 from lightning_rnn import TBPTTModule, TBPTTStep
@@ -157,3 +159,18 @@ def test_custom_module_snippet_trains_with_the_penalty() -> None:
     assert trainer.global_step == 2  # chunks of 35 + 5
     assert float(trainer.callback_metrics["train/ar"]) > 0 and float(trainer.callback_metrics["train/tar"]) > 0
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_config_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIG), "--print_config"])
+    printed = capsys.readouterr().out
+    cfg = yaml.safe_load(printed)
+    assert cfg["model"]["init_args"]["ar_alpha"] == 2.0 and "vocab_size" not in cfg["model"]["init_args"]
+    assert any(cb["class_path"] == "lightning_rnn.callbacks.NTASGD" for cb in cfg["trainer"]["callbacks"])
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(printed)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(saved), "--print_config"])
+    assert capsys.readouterr().out == printed
