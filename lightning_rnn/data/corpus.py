@@ -21,9 +21,11 @@ import torch
 from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
 
 __all__ = [
+    "PYDOC_TOPICS",
     "TokenCorpus",
     "default_cache_dir",
     "iter_text_pieces",
+    "pydoc_topics_text",
     "read_text_source",
     "resolve_text_source",
     "split_sizes",
@@ -36,6 +38,18 @@ _CHUNK_BYTES = 1 << 22  # bytes read (and characters handed out) per piece: boun
 _HASH_SEGMENT = 1 << 25  # bytes hashed per task of the parallel content digest
 _FORMAT = 1  # on-disk layout version; part of every cache key
 _LEVELS: dict[str, type[Vocab]] = {"char": CharVocab, "word": WordVocab}
+
+#: ``source`` name of a natural-language corpus present on every machine: the English text of the Python
+#: documentation's help topics shipped with the standard library (``pydoc_data.topics``, ~465k characters).
+PYDOC_TOPICS = "stdlib:pydoc_topics"
+
+
+def pydoc_topics_text() -> str:
+    """The help topics of ``pydoc_data.topics`` (prose of the Python reference), sorted by topic, joined by a
+    blank line."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics))
 
 
 def stdlib_source_dir() -> Path:
@@ -81,6 +95,8 @@ def resolve_text_source(
         FileNotFoundError: a path that does not exist.
         ValueError: an empty file, a directory without (non-empty) files, an empty string.
     """
+    if isinstance(source, str) and source == PYDOC_TOPICS:
+        return [pydoc_topics_text()]
     if isinstance(source, list | tuple):
         parts: list[Path | str] = []
         for item in source:
@@ -182,7 +198,8 @@ def read_text_source(
 
     ``source`` is a text file, a directory (every file matching ``pattern`` — a glob such as ``"*.py"`` — below
     it, recursively, sorted by path; hidden files and directories skipped; empty files skipped; one document
-    per file), a list of files, or a literal string. A string that is not an existing path is
+    per file), a list of files, ``PYDOC_TOPICS`` (``"stdlib:pydoc_topics"``, English prose on every machine), or a
+    literal string. A string that is not an existing path is
     text — unless it looks like a path (contains a path separator, starts with ``.``/``~``, or is a single
     word with a suffix such as ``corpus.txt``), in which case a missing path is an error, not text.
 

@@ -1,5 +1,9 @@
 """lightning_rnn.functional."""
 
+from lightning_rnn.functional.activation_reg import (
+    activation_regularization,
+    temporal_activation_regularization,
+)
 from lightning_rnn.functional.clipping import (
     QuantileClipRule,
     ZScoreClipRule,
@@ -25,6 +29,7 @@ from lightning_rnn.functional.spectral import (
 from lightning_rnn.functional.truncation import choose_truncation, fit_geometric_tail, truncation_bias
 
 __all__: list[str] = []
+__all__ += ["activation_regularization", "temporal_activation_regularization"]
 __all__ += ["QuantileClipRule", "ZScoreClipRule", "adaptive_clip_grad_", "clip_grads_", "grad_norm", "unitwise_norm"]
 __all__ += ["GradientFlowResult", "SupportsGradientFlowProbe", "gradient_horizon", "measure_gradient_flow"]
 __all__ += ["per_lag_gradient_norms"]

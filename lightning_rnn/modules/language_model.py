@@ -12,8 +12,12 @@ from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
+from lightning_rnn.functional.activation_reg import (
+    activation_regularization,
+    temporal_activation_regularization,
+)
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
-from lightning_rnn.nn.dropout import EmbeddingDropout
+from lightning_rnn.nn.dropout import EmbeddingDropout, locked_dropout
 from lightning_rnn.nn.rnn import RNNStack
 from lightning_rnn.nn.softmax import CandidateSampler, adaptive_softmax, sampled_softmax_loss
 
@@ -62,6 +66,10 @@ class RNNLanguageModel(TBPTTModule):
         zoneout: zoneout probability of the recurrent state (Krueger et al. 2016), see
             :class:`~lightning_rnn.nn.RNNStack`.
         embedding_dropout: drops whole vocabulary rows of the embedding (AWD-LSTM).
+        ar_alpha, tar_beta: AWD-LSTM's activation regularization ``ar_alpha * mean(dropped outputs**2)`` and
+            temporal activation regularization ``tar_beta * mean((h_t - h_{t-1})**2)`` on the last layer's
+            outputs, per training chunk (:mod:`lightning_rnn.functional.activation_reg`), added to the loss
+            that is backpropagated (not to the logged ``train/loss``) and logged as ``train/ar``, ``train/tar``.
         tie_weights: share the decoder's weight with the embedding (needs ``embedding_dim`` equal to the
             recurrent output size ``D*H``).
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; override ``configure_optimizers`` for anything else.
@@ -109,6 +117,8 @@ class RNNLanguageModel(TBPTTModule):
         recurrent_dropout_mode: str = "weight",
         zoneout: float = 0.0,
         embedding_dropout: float = 0.0,
+        ar_alpha: float = 0.0,
+        tar_beta: float = 0.0,
         tie_weights: bool = False,
         optimizer: str = "adam",
         lr: float = 1e-3,
@@ -153,6 +163,10 @@ class RNNLanguageModel(TBPTTModule):
         if sampler_counts is not None:
             # saved as a plain list: a checkpoint must rebuild the same sampler (load_from_checkpoint, the CLI)
             sampler_counts = [float(c) for c in torch.as_tensor(sampler_counts, dtype=torch.float64).flatten()]
+        for name, value in (("ar_alpha", ar_alpha), ("tar_beta", tar_beta)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"Expected {name} >= 0, got {value!r}")
+        self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
         self.save_hyperparameters()
         self.output = output
         self.vocab_size = vocab_size
@@ -256,9 +270,25 @@ class RNNLanguageModel(TBPTTModule):
 
     def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
         inputs, targets = _unpack(chunk)
-        out, state = self.rnn(self.embedding(inputs), state)  # (N, k, D*H)
+        regularize = self.training and (self.ar_alpha > 0 or self.tar_beta > 0)
+        if not regularize:
+            out, state = self.rnn(self.embedding(inputs), state)  # (N, k, D*H)
+            raw = out
+        else:  # TAR needs the outputs before the output dropout: apply it here, same mask draw as RNNStack's
+            p, self.rnn.output_dropout = self.rnn.output_dropout, 0.0
+            try:
+                raw, state = self.rnn(self.embedding(inputs), state)  # (N, k, D*H), undropped
+            finally:
+                self.rnn.output_dropout = p
+            out = locked_dropout(raw, p, batch_first=self.rnn.batch_first)
         loss, weight, scores = self.token_loss(out, targets)  # scores (N, k, V) in evaluation
-        return TBPTTStep(loss=loss, state=state, weight=weight, outputs=scores)
+        step = TBPTTStep(loss=loss, state=state, weight=weight, outputs=scores)
+        if regularize:
+            valid = targets != self.pad_id  # padding steps count in neither penalty
+            ar = activation_regularization(out, self.ar_alpha, valid)
+            tar = temporal_activation_regularization(raw, self.tar_beta, valid)
+            step.penalty, step.metrics = ar + tar, {"ar": ar.detach(), "tar": tar.detach()}
+        return step
 
     def predict_chunk(self, chunk: Any, state: Any) -> tuple[Tensor, Any]:
         inputs, targets = _unpack(chunk)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -54,6 +54,9 @@ class TBPTTStep:
             (no optimizer step). ``None`` means the chunk's time length.
         outputs: anything the subclass wants back in :meth:`TBPTTModule.on_eval_chunk_end` (e.g. logits).
         metrics: extra scalars to log for this chunk (``train/<name>`` in training).
+        penalty: a regularization term (e.g. AR/TAR, :mod:`lightning_rnn.functional.activation_reg`) added to
+            ``loss`` for the backward pass only (weighted across chunks like ``loss``); it is not part of the
+            logged ``train/loss`` and not used in evaluation.
     """
 
     loss: Tensor
@@ -61,6 +64,7 @@ class TBPTTStep:
     weight: float | Tensor | None = None
     outputs: Any = None
     metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    penalty: Tensor | float = 0.0
 
 
 class NonFiniteStepError(RuntimeError):
@@ -610,9 +614,13 @@ class TBPTTModule(LightningModule):
     ) -> tuple[str, Tensor | None, Tensor | None]:
         """Backward and step for one chunk. Returns ``("step" | "none" | "skip:<reason>", loss, weight)``."""
         distributed = self._distributed()
+        penalty: Tensor | None = None
         if steps:
             loss, weight = self._combine(steps, lengths)
             connected = loss.grad_fn is not None
+            if any(isinstance(s.penalty, Tensor) or s.penalty for s in steps):  # e.g. AR/TAR: backward only
+                penalties = [replace(s, loss=torch.as_tensor(s.penalty, device=loss.device)) for s in steps]
+                penalty = self._combine(penalties, lengths)[0]
         else:
             loss, weight, connected = None, None, False
         device = loss.device if loss is not None else self.device
@@ -637,8 +645,10 @@ class TBPTTModule(LightningModule):
             objective = sum(p.sum() for p in params) * 0.0
             if connected:
                 objective = objective + loss * (w * world / total_w)  # type: ignore[operator]
+                if penalty is not None:
+                    objective = objective + penalty * (w * world / total_w)
         else:
-            objective = loss
+            objective = loss if penalty is None else loss + penalty  # type: ignore[operator]
         self.manual_backward(objective)
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
