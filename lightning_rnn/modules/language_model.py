@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
-from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.functional.activation_reg import (
     activation_regularization,
     temporal_activation_regularization,
 )
+from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 from lightning_rnn.nn.dropout import EmbeddingDropout, locked_dropout
 from lightning_rnn.nn.rnn import RNNStack
