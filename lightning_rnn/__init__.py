@@ -43,7 +43,13 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 
 
+#: subpackages reachable as attributes after a bare ``import lightning_rnn`` (imported on first access)
+_SUBMODULES = ("callbacks", "cli", "data", "functional", "modules", "nn")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lightning_rnn.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lightning_rnn' has no attribute {name!r}")
@@ -53,4 +59,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

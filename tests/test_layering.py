@@ -66,6 +66,7 @@ def test_top_level_names_resolve_lazily() -> None:
     for name in ("TBPTTModule", "TBPTTStep", "RNNLanguageModel", "RNNClassifier", "RNNTagger", "Seq2SeqAttention"):
         assert name in lightning_rnn.__all__ and name in dir(lightning_rnn)
         assert getattr(lightning_rnn, name) is getattr(modules, name)
+    assert lightning_rnn.modules is modules and lightning_rnn.data.pad_collate is not None  # subpackages too
     with pytest.raises(AttributeError, match="no attribute 'NotAName'"):
         lightning_rnn.NotAName  # noqa: B018
 
