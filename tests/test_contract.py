@@ -226,22 +226,13 @@ def _fit(name: str, precision: str, tmp_factory: pytest.TempPathFactory) -> tupl
     return case, ckpt
 
 
-def _bf16_xfail(name: str, op: str, precision: str) -> pytest.MarkDecorator | None:
-    """Cases that fail because RNNStack's carried state comes back in bf16 under autocast (the nn layer)."""
-    if precision != "bf16-mixed" or _cell(precision) != "lstm" or name in ("custom", "seq2seq"):
-        return None
-    return pytest.mark.xfail(strict=True, reason="carried state dtype under autocast — fixed in the nn layer")
-
-
 def _params() -> list[Any]:
-    out = []
-    for precision in PRECISIONS:
-        for name in MODULES:
-            for op in OPS:
-                mark = _bf16_xfail(name, op, precision)
-                out.append(pytest.param(name, op, precision, marks=[mark] if mark else [],
-                                        id=f"{name}-{op}-{precision}"))
-    return out
+    return [
+        pytest.param(name, op, precision, id=f"{name}-{op}-{precision}")
+        for precision in PRECISIONS
+        for name in MODULES
+        for op in OPS
+    ]
 
 
 def _assert_same(actual: Any, expected: Any, exact: bool) -> None:
