@@ -185,10 +185,7 @@ def trainer(precision: str, tmp: Path) -> L.Trainer:
 
 
 def predict_loader(data: LightningDataModule) -> Any:
-    """The data module's own predict loader (TextStreamDataModule: its test loader until it has one)."""
-    own = type(data).predict_dataloader is not LightningDataModule.predict_dataloader
-    if not own and "predict_dataloader" not in vars(data):  # from_datasets() sets it on the instance
-        return data.test_dataloader()
+    """The data module's own predict loader: every shipped data module has one."""
     return data.predict_dataloader()
 
 
