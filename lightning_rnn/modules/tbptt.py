@@ -11,6 +11,7 @@ memory.
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -623,41 +624,46 @@ class TBPTTModule(LightningModule):
                 penalty = self._combine(penalties, lengths)[0]
         else:
             loss, weight, connected = None, None, False
+        if not connected and not distributed:
+            return "none", loss, weight
         device = loss.device if loss is not None else self.device
         zero = torch.zeros((), device=device)
         w = weight.detach().float().to(device) if connected else zero  # type: ignore[union-attr]
         bad = (~torch.isfinite(loss.detach())).float().to(device) if connected else zero  # type: ignore[union-attr]
         stats = torch.stack([w, torch.ones((), device=device) if connected else zero, bad])
-        if distributed:
-            torch.distributed.all_reduce(stats)
-        total_w, n_connected, n_bad = stats.tolist()  # the chunk's one host sync
-        if n_connected == 0 or total_w <= 0:
-            return "none", loss, weight
-        if n_bad > 0:
-            return "skip:loss", loss, weight
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         params = [p for p in self.parameters() if p.requires_grad]
         if distributed:
-            world = self.trainer.world_size
+            torch.distributed.all_reduce(stats)  # (total weight, ranks with a loss, ranks with a NaN loss)
             # each rank's share of the global weighted mean (DDP averages over ranks); the zero term makes every
             # parameter take part in every backward, so plain "ddp" never meets an unused parameter
             objective = sum(p.sum() for p in params) * 0.0
             if connected:
-                objective = objective + loss * (w * world / total_w)  # type: ignore[operator]
+                world = self.trainer.world_size
+                share = w * world / stats[0].clamp(min=1e-12)
+                objective = objective + loss * share  # type: ignore[operator]
                 if penalty is not None:
-                    objective = objective + penalty * (w * world / total_w)
+                    objective = objective + penalty * share
         else:
             objective = loss if penalty is None else loss + penalty  # type: ignore[operator]
         self.manual_backward(objective)
         grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return "none", loss, weight
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        if scaler is None and not bool(torch.isfinite(grad_norm(grads))):
+        norm = grad_norm(grads).float().to(device) if grads else zero
+        total_w, n_connected, n_bad, norm_value = torch.cat([stats, norm.reshape(1)]).tolist()  # one host sync
+        outcome = "step"
+        if n_connected == 0 or total_w <= 0 or not grads:
+            outcome = "none"
+        elif n_bad > 0:
+            outcome = "skip:loss"
+        elif not math.isfinite(norm_value):
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+            if scaler is None:  # a GradScaler skips its overflowing steps itself and lowers its scale
+                outcome = "skip:gradient"
+        if outcome != "step":
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            return "skip:gradient", loss, weight
+            return outcome, loss, weight
         for opt in optimizers:
             if lr_scale != 1.0:
                 for group in opt.param_groups:
