@@ -272,7 +272,8 @@ def per_lag_gradient_norms(
             whole probe) and still averages over every target when there are at least as many rows as
             targets. Ignored for ``(L,)`` losses.
         eps: threshold of the gradient horizon, in (0, 1).
-        per_layer: also compute the curve of each layer's state alone.
+        per_layer: also compute the curve of each layer's state alone (the layers of the state's
+            ``(num_layers, N, H)`` tensors; other tensors of the state count in the full curve only).
 
     Inputs:
         step_states[t]: ``(num_layers, N, H)``, ``(N, H)`` or ``(N,)`` tensors, or nested tuples / lists /
@@ -316,10 +317,10 @@ def per_lag_gradient_norms(
         n = _leading_rows(ref)
     else:
         n = int(step_losses.shape[0])
-    layer_counts = {_as_layers(c, n).shape[0] for c in states[0]}
-    num_layers = max(layer_counts)
-    if per_layer and len(layer_counts) > 1:
-        raise ValueError(f"Expected every state component to have {num_layers} layers for per_layer=True")
+    # layers: the most common layer count among the state's tensors (an LSTM's h and c: num_layers); tensors
+    # with another count (a pooling accumulator (N, H) beside (layers, N, H)) count in the full-state norm only
+    layer_counts = [_as_layers(c, n).shape[0] for c in states[0]]
+    num_layers = max(set(layer_counts), key=lambda c: (layer_counts.count(c), c))
     if backward_passes is not None and (
         isinstance(backward_passes, bool) or not isinstance(backward_passes, int) or backward_passes < 1
     ):
@@ -368,23 +369,24 @@ def per_lag_gradient_norms(
         inputs = [c for s in range(first, last + 1) for c in states[s]]
         grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
         # squared norms per (step, layer, row): (steps, Ly, N)
-        sq = torch.zeros(last - first + 1, num_layers, n, dtype=torch.float64, device=device)
+        # the last row collects tensors with another layer count (full-state norm only)
+        sq = torch.zeros(last - first + 1, num_layers + 1, n, dtype=torch.float64, device=device)
         for owner, g in zip(owners, grads):
             if g is not None:
                 g2 = _as_layers(g.detach(), n).double().pow(2).sum(-1)  # (Ly, N)
                 if g2.shape[0] == num_layers:
-                    sq[owner] += g2
-                else:  # a component with a different layer count: only counts in the full-state norm
-                    sq[owner, 0] += g2.sum(0)
+                    sq[owner, :num_layers] += g2
+                else:
+                    sq[owner, num_layers] += g2.sum(0)
         if summed:  # a row has a target here when its gradient reaches some state
             valid = sq.sum((0, 1)) > 0
         src = assign[None, :] - lag_range[:, None]  # (K+1, N): step t(r) - k
         ok = (src >= 0) & valid[None, :]  # (K+1, N)
-        picked = sq[(src - first).clamp_min(0), :, rows[None, :]]  # (K+1, N, Ly)
+        picked = sq[(src - first).clamp_min(0), :, rows[None, :]]  # (K+1, N, Ly + 1)
         w = ok.double()
         total += (picked.sum(-1).sqrt() * w).sum(-1)
         if per_layer:
-            layer_total += (picked.sqrt() * w[..., None]).sum(1).transpose(0, 1)
+            layer_total += (picked[..., :num_layers].sqrt() * w[..., None]).sum(1).transpose(0, 1)
         counts += w.sum(-1)
 
     curve = (total / counts).float()  # NaN where counts == 0

@@ -209,3 +209,15 @@ def test_default_probe_of_a_module_built_on_torch_lstm_against_an_autograd_loop(
     # the step's loss is the mean over its 3 rows (weight None counts 1 target): G scales by 1/3
     torch.testing.assert_close(res.curve * 3, reference, rtol=1e-4, atol=1e-8)
     torch.testing.assert_close(res.normalized, reference / reference[0], rtol=1e-4, atol=1e-7)
+
+
+def test_per_layer_curves_with_a_state_that_mixes_layered_and_pooled_tensors():
+    # RNNClassifier(summary="mean") carries {"rnn": (layers, N, H), "pool": running sums (N, H) and counts}
+    model, train = case("classifier", summary="mean")
+    batch = next(iter(train))
+    res = measure_gradient_flow(model, batch, max_lag=None, num_targets=3, per_layer=True)
+    assert res is not None and res.per_layer is not None and res.per_layer.shape == (2, res.max_lag + 1)
+    # per lag, the full-state norm is at least each layer's own (it adds the other layers and the pool)
+    measured = res.counts > 0
+    assert bool((res.curve[measured] >= res.per_layer[:, measured].max(0).values * (1 - 1e-5)).all())
+    assert float(res.per_layer[1, 1]) > 0 and float(res.per_layer[0, 1]) > 0
