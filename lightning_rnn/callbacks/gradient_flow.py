@@ -105,7 +105,7 @@ class GradientFlowMonitor(Callback):
 
     Args:
         every_n_steps: probe every this many optimizer steps.
-        max_lag: K, the largest lag; None: the probe length - 1 (the module's first chunk). If the probe
+        max_lag: K, the largest lag; None: the probe length - 1 (the whole batch is probed). If the probe
             is shorter than ``max_lag + 1`` steps, K is clamped to its length - 1 with a warning (once).
         eps: horizon threshold on G(k)/G(0), in (0, 1).
         num_targets: target positions per probe (among the positions that have a target); None: every one.
