@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from typing_extensions import override
 
 from lightning_rnn.callbacks._schedule import next_bucket
-from lightning_rnn.callbacks.gradient_flow import probe_support_error, warn_probe_result
+from lightning_rnn.callbacks.gradient_flow import on_rank_zero, probe_support_error, warn_probe_result
 from lightning_rnn.functional.gradient_flow import measure_gradient_flow
 from lightning_rnn.functional.tbptt import batch_time_length
 from lightning_rnn.functional.truncation import choose_truncation
@@ -255,11 +255,11 @@ class AdaptiveTBPTT(Callback):
         if bucket is None:
             return
         self._last_bucket = bucket
-        decision = self._decide(trainer, pl_module, batch) if trainer.is_global_zero else None
-        if trainer.world_size > 1:  # every rank must split its batches identically, or DDP hangs
-            decision = trainer.strategy.broadcast(decision, src=0)
-            if decision is not None:
-                self._k_ema = decision["k_ema"]
+        # rank 0 decides; every rank must split its batches identically, or DDP hangs
+        decision = on_rank_zero(trainer, lambda: self._decide(trainer, pl_module, batch), type(self).__name__,
+                                share_result=True)
+        if trainer.world_size > 1 and decision is not None:
+            self._k_ema = decision["k_ema"]
         if decision is None:
             return
         module: TBPTTModule = pl_module  # type: ignore[assignment]

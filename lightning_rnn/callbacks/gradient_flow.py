@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -48,6 +48,30 @@ def probe_support_error(pl_module: Any, callback: str) -> str | None:
                 "or override gradient_flow_probe."
             )
     return None
+
+
+def on_rank_zero(trainer: Trainer, fn: Callable[[], Any], callback: str, *, share_result: bool = False) -> Any:
+    """``fn()`` on global rank 0 (None elsewhere, or its result with ``share_result``), failing on every rank.
+
+    Under DDP an exception of the probe on rank 0 is raised on every rank — the others would otherwise wait
+    forever in the next collective — at the cost of one broadcast per call.
+    """
+    result, error = None, None
+    if trainer.is_global_zero:
+        try:
+            result = fn()
+        except Exception as exc:  # re-raised below, after the other ranks have been told
+            error = exc
+    if trainer.world_size > 1:
+        message = None if error is None else f"{type(error).__name__}: {error}"
+        shared, message = trainer.strategy.broadcast((result if share_result else None, message), src=0)
+        if message is not None and error is None:
+            raise RuntimeError(f"{callback}: the gradient-flow probe failed on global rank 0 ({message})")
+        if share_result:
+            result = shared
+    if error is not None:
+        raise error
+    return result
 
 
 def warn_probe_result(callback: str, res: GradientFlowResult | None, max_lag: int | None, warned: set[str]) -> None:
@@ -105,7 +129,7 @@ class GradientFlowMonitor(Callback):
 
     Args:
         every_n_steps: probe every this many optimizer steps.
-        max_lag: K, the largest lag; None: the probe length - 1 (the module's first chunk). If the probe
+        max_lag: K, the largest lag; None: the probe length - 1 (the whole batch is probed). If the probe
             is shorter than ``max_lag + 1`` steps, K is clamped to its length - 1 with a warning (once).
         eps: horizon threshold on G(k)/G(0), in (0, 1).
         num_targets: target positions per probe (among the positions that have a target); None: every one.
@@ -211,11 +235,11 @@ class GradientFlowMonitor(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._due(trainer) or not trainer.is_global_zero:
+        if not self._due(trainer):
             return
         source = batch if self.probe_batch is None else move_data_to_device(self.probe_batch, pl_module.device)
-        res = self.probe(pl_module, source)
-        if res is None:
+        res = on_rank_zero(trainer, lambda: self.probe(pl_module, source), type(self).__name__)
+        if res is None:  # not rank 0, or a skipped probe
             return
         self.last = res
         k_max = res.max_lag

@@ -42,6 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from lightning_rnn.nn.dropout import EmbeddingDropout, LockedDropout, WeightDropout
 from lightning_rnn.nn.rnn import RNNStack
@@ -53,9 +54,9 @@ __all__ = [
     "dropout_disabled",
     "gradient_horizon",
     "measure_gradient_flow",
-    "outputs_tied_to_states",
     "per_lag_gradient_norms",
     "select_target_positions",
+    "unrolled_recurrence",
 ]
 
 #: A recurrent state: one tensor ``(num_layers, N, H)``, ``(N, H)`` or ``(N,)``, or any nesting of tuples,
@@ -271,7 +272,8 @@ def per_lag_gradient_norms(
             whole probe) and still averages over every target when there are at least as many rows as
             targets. Ignored for ``(L,)`` losses.
         eps: threshold of the gradient horizon, in (0, 1).
-        per_layer: also compute the curve of each layer's state alone.
+        per_layer: also compute the curve of each layer's state alone (the layers of the state's
+            ``(num_layers, N, H)`` tensors; other tensors of the state count in the full curve only).
 
     Inputs:
         step_states[t]: ``(num_layers, N, H)``, ``(N, H)`` or ``(N,)`` tensors, or nested tuples / lists /
@@ -315,10 +317,10 @@ def per_lag_gradient_norms(
         n = _leading_rows(ref)
     else:
         n = int(step_losses.shape[0])
-    layer_counts = {_as_layers(c, n).shape[0] for c in states[0]}
-    num_layers = max(layer_counts)
-    if per_layer and len(layer_counts) > 1:
-        raise ValueError(f"Expected every state component to have {num_layers} layers for per_layer=True")
+    # layers: the most common layer count among the state's tensors (an LSTM's h and c: num_layers); tensors
+    # with another count (a pooling accumulator (N, H) beside (layers, N, H)) count in the full-state norm only
+    layer_counts = [_as_layers(c, n).shape[0] for c in states[0]]
+    num_layers = max(set(layer_counts), key=lambda c: (layer_counts.count(c), c))
     if backward_passes is not None and (
         isinstance(backward_passes, bool) or not isinstance(backward_passes, int) or backward_passes < 1
     ):
@@ -367,23 +369,24 @@ def per_lag_gradient_norms(
         inputs = [c for s in range(first, last + 1) for c in states[s]]
         grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
         # squared norms per (step, layer, row): (steps, Ly, N)
-        sq = torch.zeros(last - first + 1, num_layers, n, dtype=torch.float64, device=device)
+        # the last row collects tensors with another layer count (full-state norm only)
+        sq = torch.zeros(last - first + 1, num_layers + 1, n, dtype=torch.float64, device=device)
         for owner, g in zip(owners, grads):
             if g is not None:
                 g2 = _as_layers(g.detach(), n).double().pow(2).sum(-1)  # (Ly, N)
                 if g2.shape[0] == num_layers:
-                    sq[owner] += g2
-                else:  # a component with a different layer count: only counts in the full-state norm
-                    sq[owner, 0] += g2.sum(0)
+                    sq[owner, :num_layers] += g2
+                else:
+                    sq[owner, num_layers] += g2.sum(0)
         if summed:  # a row has a target here when its gradient reaches some state
             valid = sq.sum((0, 1)) > 0
         src = assign[None, :] - lag_range[:, None]  # (K+1, N): step t(r) - k
         ok = (src >= 0) & valid[None, :]  # (K+1, N)
-        picked = sq[(src - first).clamp_min(0), :, rows[None, :]]  # (K+1, N, Ly)
+        picked = sq[(src - first).clamp_min(0), :, rows[None, :]]  # (K+1, N, Ly + 1)
         w = ok.double()
         total += (picked.sum(-1).sqrt() * w).sum(-1)
         if per_layer:
-            layer_total += (picked.sqrt() * w[..., None]).sum(1).transpose(0, 1)
+            layer_total += (picked[..., :num_layers].sqrt() * w[..., None]).sum(1).transpose(0, 1)
         counts += w.sum(-1)
 
     curve = (total / counts).float()  # NaN where counts == 0
@@ -436,40 +439,72 @@ def dropout_disabled(module: nn.Module) -> Iterator[None]:
             setattr(sub, name, value)
 
 
-def _tie_output_to_state(module: nn.Module, args: Any, output: Any) -> Any:
-    """Forward hook: a one-step output of a unidirectional recurrent layer becomes its new state's top h."""
-    if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], Tensor)):
-        return None
-    out, state = output
-    h = state[0] if isinstance(state, tuple) else state
-    if not isinstance(h, Tensor) or h.dim() != 3:
+def _one_step_layout(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """The time dim of a one-step tensor call of a recurrent layer (no ``lengths``), else None."""
+    x = args[0] if args else kwargs.get("input")
+    lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
+    if not isinstance(x, Tensor) or x.dim() != 3 or lengths is not None:
         return None
     time_dim = 1 if module.batch_first else 0
-    top = h[-1]  # (N, H)
-    if out.dim() != 3 or out.shape[time_dim] != 1 or out.select(time_dim, 0).shape != top.shape:
-        return None
-    return top.unsqueeze(time_dim).to(out.dtype), state
+    return time_dim if x.shape[time_dim] == 1 else None
 
 
 @contextlib.contextmanager
-def outputs_tied_to_states(module: nn.Module) -> Iterator[None]:
-    """Make every one-step output of a recurrent layer inside ``module`` the very tensor of its state.
+def unrolled_recurrence(module: nn.Module) -> Iterator[None]:
+    """Prepare every recurrent layer inside ``module`` to be run one time step per call, for a probe.
 
-    A fused recurrent kernel (``torch.nn.LSTM``, :class:`~lightning_rnn.nn.RNNStack`) returns the output
-    and the new state as two tensors with equal values (the top layer's h), so a loss computed from the
-    output does not hang off the state in the autograd graph and ‖∂L_t/∂h_t‖ would read 0. Inside this
-    block, a call on a single time step returns ``state_h[-1]`` (cast to the output's dtype) as its output —
-    the same values — for every unidirectional ``torch.nn.RNN/LSTM/GRU`` without projections and every
-    unidirectional ``RNNStack`` without residual links (forward hooks, removed afterwards). Other layers are
-    left as they are. Used by the default probe of :class:`~lightning_rnn.TBPTTModule`.
+    Inside the block, a call of a unidirectional ``torch.nn.RNN/LSTM/GRU`` (without projections) or
+    :class:`~lightning_rnn.nn.RNNStack` (without residual links) on a single time step (``(N, 1, F)`` or
+    ``(1, N, F)``, no ``lengths``):
+
+    - returns its new state's top-layer h as its output (same values, cast to the output's dtype): a fused
+      kernel returns the output and the state as two tensors, so a loss computed from the output would not
+      hang off the state in the autograd graph and ‖∂L_t/∂h_t‖ would read 0;
+    - on CPU, runs as a packed one-step sequence, which torch computes with its native kernel: oneDNN's RNN
+      primitive would reorder the weights and compute the weight gradients at every step's backward (many
+      times slower here). No process-wide flag is touched.
+
+    Forward hooks, removed afterwards; other layers and other calls are left as they are. Used by the
+    default probe of :class:`~lightning_rnn.TBPTTModule` and by ``RNNLanguageModel``'s.
+
+    Example::
+
+        >>> rnn = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True)
+        >>> with unrolled_recurrence(rnn):
+        ...     out, (h, c) = rnn(torch.randn(5, 1, 3))
+        >>> out.shape, bool((out[:, 0] == h[-1]).all())
+        (torch.Size([5, 1, 4]), True)
     """
+    pending: dict[int, list[int | None]] = {}
+
+    def before(sub: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        time_dim = _one_step_layout(sub, args, kwargs)
+        pending.setdefault(id(sub), []).append(time_dim)
+        x = args[0] if args else None
+        if time_dim is None or x is None or x.device.type != "cpu":
+            return None
+        data = x.select(time_dim, 0)  # (N, F)
+        packed = PackedSequence(data, torch.tensor([data.shape[0]]), None, None)
+        return (packed, *args[1:]), kwargs
+
+    def after(sub: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        time_dim = pending[id(sub)].pop()
+        if time_dim is None:
+            return None
+        out, state = output
+        h = state[0] if isinstance(state, tuple) else state
+        top = h[-1]  # (N, H)
+        dtype = out.data.dtype if isinstance(out, PackedSequence) else out.dtype
+        return top.unsqueeze(time_dim).to(dtype), state
+
     handles = []
     try:
         for sub in module.modules():
             plain_torch = isinstance(sub, nn.RNNBase) and not sub.bidirectional and not getattr(sub, "proj_size", 0)
             stack = isinstance(sub, RNNStack) and not sub.bidirectional and not sub.residual
             if plain_torch or stack:
-                handles.append(sub.register_forward_hook(_tie_output_to_state))
+                handles.append(sub.register_forward_pre_hook(before, with_kwargs=True))
+                handles.append(sub.register_forward_hook(after, with_kwargs=True))
         yield
     finally:
         for handle in handles:

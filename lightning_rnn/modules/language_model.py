@@ -350,20 +350,26 @@ class RNNLanguageModel(TBPTTModule):
 
     # ------------------------------------------------------------------ diagnostics probe
     def gradient_flow_probe(self, batch: Any, max_steps: int | None = None) -> tuple[list[Any], Tensor]:
-        """Per-step states and per-step losses for :class:`~lightning_rnn.callbacks.GradientFlowMonitor`.
+        """Per-step states and per-row losses for the gradient-flow callbacks (faster than the default probe).
 
-        Runs the same parameters step by step (``RNNStack.forward_steps``) over the first ``max_steps`` steps of
-        ``batch``. Outputs: a list of L states (graph attached) and the token losses (N, L).
+        Runs the same parameters one step at a time over the first ``max_steps`` steps of ``batch`` (inside
+        :func:`~lightning_rnn.functional.gradient_flow.unrolled_recurrence`, so the loss at t is read from the
+        state after step t) and returns every row's token loss: one backward pass serves the whole probe.
+        Outputs: a list of L states (graph attached) and the token losses (N, L), NaN at ``ignore_index``.
         """
+        from lightning_rnn.functional.gradient_flow import unrolled_recurrence
+
         inputs, targets = _unpack(batch)
         if max_steps is not None:
             inputs, targets = inputs[:, :max_steps], targets[:, :max_steps]
-        out, step_states = self.rnn.forward_steps(self.embedding(inputs))  # (N, L, H)
-        if not self.rnn.residual:
-            # The loss must hang off the very tensors returned as states, or dL_t/dh_t would be 0: the top
-            # layer's h after step t equals out[:, t] (dropout off), but the kernel returns them as two tensors.
-            out = torch.stack([(s[0] if isinstance(s, tuple) else s)[-1] for s in step_states], dim=1)
-        scores = self.project(out)  # (N, L, V): exact logits / log-probabilities
+        emb = self.embedding(inputs)  # (N, L, E)
+        state, step_states, outs = None, [], []
+        with unrolled_recurrence(self.rnn):
+            for t in range(emb.shape[1]):
+                out, state = self.rnn(emb[:, t : t + 1], state)  # (N, 1, D*H): the state's top h
+                outs.append(out)
+                step_states.append(state)
+        scores = self.project(torch.cat(outs, 1))  # (N, L, V): exact logits / log-probabilities
         losses = F.cross_entropy(
             scores.transpose(1, 2), targets, ignore_index=self.pad_id, reduction="none"
         )  # (N, L)

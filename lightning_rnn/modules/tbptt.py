@@ -929,7 +929,7 @@ class TBPTTModule(LightningModule):
         ``initial_state(batch)`` over the first ``max_steps`` steps (None: the whole batch), keeping the
         state in the autograd graph from step to step, so each step's loss hangs off the states before it.
         Inside, one-step outputs of unidirectional ``RNNStack`` / ``torch.nn.RNN/LSTM/GRU`` layers are the
-        very tensors of their new state (:func:`~lightning_rnn.functional.gradient_flow.outputs_tied_to_states`),
+        very tensors of their new state (:func:`~lightning_rnn.functional.gradient_flow.unrolled_recurrence`),
         so the loss at t reads the state after step t as well, and torchmetrics metrics are not updated. Any
         state structure works (tensor, tuple, dict). :func:`~lightning_rnn.functional.measure_gradient_flow`
         calls it in training mode with dropout off.
@@ -944,7 +944,7 @@ class TBPTTModule(LightningModule):
         """
         from torchmetrics import Metric
 
-        from lightning_rnn.functional.gradient_flow import outputs_tied_to_states
+        from lightning_rnn.functional.gradient_flow import unrolled_recurrence
 
         length = batch_time_length(batch)
         steps = length if max_steps is None else min(int(max_steps), length)
@@ -956,7 +956,7 @@ class TBPTTModule(LightningModule):
         try:
             for m in metrics:  # the probe's steps are not training steps: keep metric states as they are
                 m.__dict__["update"] = lambda *args, **kwargs: None
-            with outputs_tied_to_states(self):
+            with unrolled_recurrence(self):
                 for t in range(steps):
                     step = self.tbptt_step(self.slice_batch(batch, t, t + 1), state)
                     weight = torch.as_tensor(1.0 if step.weight is None else step.weight, device=step.loss.device)

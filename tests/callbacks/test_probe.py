@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from lightning_rnn import RNNLanguageModel, TBPTTModule
 from lightning_rnn.functional import measure_gradient_flow
@@ -102,7 +103,7 @@ def test_user_module_dict_state_default_probe_against_an_autograd_loop():
 
 
 def test_probe_runs_the_recurrent_forward_in_training_mode_without_dropout(monkeypatch):
-    """Spy on RNNStack.forward / forward_steps: training mode, every dropout 0, outputs = the eval forward."""
+    """Spy on RNNStack.forward: training mode, every dropout 0, outputs = the eval forward, no global flag."""
     seen: list[tuple[Any, ...]] = []
     inside = [False]
 
@@ -116,11 +117,13 @@ def test_probe_runs_the_recurrent_forward_in_training_mode_without_dropout(monke
             inside[0] = True
             try:
                 dropouts = (self.input_dropout, self.layer_dropout, self.output_dropout, self.recurrent_dropout)
-                seen.append((name, self.training, dropouts, torch.backends.mkldnn.enabled))
+                seen.append((name, self.training, dropouts, torch.backends.mkldnn.enabled,
+                             isinstance(args[0], PackedSequence)))
                 ref = copy.deepcopy(self).eval()  # the deterministic (eval-mode) forward, with the dropouts back
                 with torch.no_grad():
                     expected = original(ref, *detach_state(list(args)), **detach_state(kwargs))
-                torch.testing.assert_close(out[0].detach(), expected[0])
+                data = [getattr(o, "data", o) for o in (out[0], expected[0])]  # one step runs packed on CPU
+                torch.testing.assert_close(data[0].detach(), data[1])
             finally:
                 inside[0] = False
             return out
@@ -128,7 +131,6 @@ def test_probe_runs_the_recurrent_forward_in_training_mode_without_dropout(monke
         monkeypatch.setattr(RNNStack, name, spy)
 
     spying("forward")
-    spying("forward_steps")
     mkldnn = torch.backends.mkldnn.enabled
     for module in ("lm", "tagger", "classifier"):
         model, train = case(module)
@@ -139,10 +141,10 @@ def test_probe_runs_the_recurrent_forward_in_training_mode_without_dropout(monke
         assert res is not None and float(res.curve[0]) > 0
         assert [(m.training, getattr(m, "p", None)) for m in model.modules()] == before
         assert model.rnn.layer_dropout == (0.2 if module != "tagger" else 0.0)
-    calls = {name for name, *_ in seen}
-    assert calls == {"forward", "forward_steps"}  # the LM's own probe, and the default probe of the others
+    assert len(seen) > 3 * 3  # one call per step, in the LM's own probe and in the others' default probe
     assert all(training and dropouts == (0.0, 0.0, 0.0, 0.0) and flag == mkldnn
-               for _, training, dropouts, flag in seen)
+               for _, training, dropouts, flag, _ in seen)
+    assert all(packed for *_, packed in seen)  # on CPU each one-step call runs torch's native kernel
     assert torch.backends.mkldnn.enabled == mkldnn
 
 
@@ -189,3 +191,33 @@ def test_probe_with_no_target_in_the_window_is_skipped_with_a_warning():
     mon = GradientFlowMonitor(max_lag=1, num_targets=1)
     with pytest.warns(UserWarning, match="no step with a target"):
         assert mon.probe(model, batch) is None
+
+
+def test_default_probe_of_a_module_built_on_torch_lstm_against_an_autograd_loop():
+    from tests.modules._tbptt_models import SeqRegressor
+
+    torch.manual_seed(0)
+    model = SeqRegressor(tbptt_steps=4)  # nn.LSTM; mean loss over rows, TBPTTStep.weight not set
+    x, y = make_data(n=3, length=6)
+    res = measure_gradient_flow(model, (x, y), max_lag=5, num_targets=None)
+    state, states, losses = None, [], []
+    for t in range(6):
+        _, state = model.lstm(x[:, t : t + 1], state)
+        states.append(state)
+        losses.append((model.head(state[0][-1]) - y[:, t]).pow(2).squeeze(-1))  # (N,)
+    reference = _reference_curve(states, torch.stack(losses, 1), 5)
+    # the step's loss is the mean over its 3 rows (weight None counts 1 target): G scales by 1/3
+    torch.testing.assert_close(res.curve * 3, reference, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(res.normalized, reference / reference[0], rtol=1e-4, atol=1e-7)
+
+
+def test_per_layer_curves_with_a_state_that_mixes_layered_and_pooled_tensors():
+    # RNNClassifier(summary="mean") carries {"rnn": (layers, N, H), "pool": running sums (N, H) and counts}
+    model, train = case("classifier", summary="mean")
+    batch = next(iter(train))
+    res = measure_gradient_flow(model, batch, max_lag=None, num_targets=3, per_layer=True)
+    assert res is not None and res.per_layer is not None and res.per_layer.shape == (2, res.max_lag + 1)
+    # per lag, the full-state norm is at least each layer's own (it adds the other layers and the pool)
+    measured = res.counts > 0
+    assert bool((res.curve[measured] >= res.per_layer[:, measured].max(0).values * (1 - 1e-5)).all())
+    assert float(res.per_layer[1, 1]) > 0 and float(res.per_layer[0, 1]) > 0
