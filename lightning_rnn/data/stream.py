@@ -15,7 +15,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightning_rnn.data.corpus import TokenCorpus, default_cache_dir, split_sizes, stdlib_corpus_files
+from lightning_rnn.data.corpus import (
+    TokenCorpus,
+    _check_max_bytes,
+    default_cache_dir,
+    split_sizes,
+    stdlib_corpus_files,
+)
 from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
 
 __all__ = ["StreamChunks", "TextStreamDataModule", "batchify"]
@@ -281,8 +287,7 @@ class TextStreamDataModule(LightningDataModule):
         predict_split: str = "test",
     ) -> None:
         super().__init__()
-        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
-            raise ValueError(f"Expected max_bytes to be a positive int or None, got {max_bytes!r}")
+        _check_max_bytes(max_bytes)  # 0 or negative must not mean "everything"
         if predict_split not in _SPLITS:
             raise ValueError(f"Expected predict_split in {list(_SPLITS)}, got {predict_split!r}")
         if not isinstance(cache, bool):

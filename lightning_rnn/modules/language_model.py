@@ -355,7 +355,7 @@ class RNNLanguageModel(TBPTTModule):
         Runs the same parameters one step at a time over the first ``max_steps`` steps of ``batch`` (inside
         :func:`~lightning_rnn.functional.gradient_flow.unrolled_recurrence`, so the loss at t is read from the
         state after step t) and returns every row's token loss: one backward pass serves the whole probe.
-        Outputs: a list of L states (graph attached) and the token losses (N, L), NaN at ``ignore_index``.
+        Outputs: a list of L states (graph attached) and the token losses (N, L), NaN at ``pad_id``.
         """
         from lightning_rnn.functional.gradient_flow import unrolled_recurrence
 

@@ -56,8 +56,8 @@ def _lm_reference(lm: RNNLanguageModel, x: torch.Tensor, y: torch.Tensor, max_la
         _, state = lstm(emb[:, t : t + 1], state)  # ((layers, N, H), (layers, N, H))
         states.append(state)
         logits = lm.decoder(state[0][-1])  # (N, V), from the state itself
-        loss = F.cross_entropy(logits, y[:, t], reduction="none", ignore_index=lm.ignore_index)
-        losses.append(loss.masked_fill(y[:, t] == lm.ignore_index, float("nan")))
+        loss = F.cross_entropy(logits, y[:, t], reduction="none", ignore_index=lm.pad_id)
+        losses.append(loss.masked_fill(y[:, t] == lm.pad_id, float("nan")))
     return _reference_curve(states, torch.stack(losses, 1), max_lag)
 
 
@@ -65,7 +65,7 @@ def _lm_reference(lm: RNNLanguageModel, x: torch.Tensor, y: torch.Tensor, max_la
 def test_lm_default_probe_and_its_own_probe_agree_with_an_autograd_loop(num_layers):
     torch.manual_seed(0)
     lm = RNNLanguageModel(20, 6, 8, num_layers=num_layers, tbptt_steps=4, layer_dropout=0.3, recurrent_dropout=0.3,
-                          embedding_dropout=0.2, output_dropout=0.2, ignore_index=0)
+                          embedding_dropout=0.2, output_dropout=0.2, pad_id=0)
     x = torch.randint(1, 20, (3, 9))
     y = torch.randint(1, 20, (3, 9))
     y[1, 2] = y[2, 5] = 0  # padding: no target there

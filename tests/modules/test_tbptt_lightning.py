@@ -239,4 +239,5 @@ def test_engine_callback_leaves_the_trainer_after_fit():
     t = trainer()
     before = list(t.callbacks)
     t.fit(SeqRegressor(tbptt_steps=4), loader(x, y, 2))
-    assert [type(c) for c in t.callbacks] == [type(c) for c in before]
+    # what stays is the module's configure_callbacks() (ExactResume); the engine's own callback has left
+    assert [type(c).__name__ for c in t.callbacks if c not in before] == ["ExactResume"]
