@@ -437,3 +437,17 @@ def test_recurrent_forward_takes_and_returns_state(cls: type) -> None:
         rest, _ = model(x[:, 5:], state)
     # the state returned by the first call continues the sequence exactly
     torch.testing.assert_close(rest, whole if cls is RNNClassifier else whole[:, 5:])
+
+
+@pytest.mark.parametrize("cls", [RNNLanguageModel, RNNClassifier, RNNTagger])
+def test_engine_options_reach_the_engine_from_every_shipped_constructor(cls):
+    """The TBPTT engine's options are constructor keywords of every shipped TBPTTModule (so configs can set
+    them), saved as hyper-parameters, and land on the engine."""
+    sizes = {RNNLanguageModel: {"vocab_size": 11}, RNNClassifier: {"num_classes": 3, "vocab_size": 11},
+             RNNTagger: {"num_classes": 3, "vocab_size": 11}}[cls]
+    model = cls(**sizes, lr_scheduler_step="optimizer_step", max_consecutive_skips=3, nonfinite_inputs="skip")
+    assert (model.lr_scheduler_step, model.max_consecutive_skips, model.nonfinite_inputs) == (
+        "optimizer_step", 3, "skip")
+    assert model.hparams["max_consecutive_skips"] == 3
+    with pytest.raises(ValueError, match="lr_scheduler_step"):
+        cls(**sizes, lr_scheduler_step="epoch")

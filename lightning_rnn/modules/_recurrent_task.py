@@ -86,6 +86,9 @@ class _RecurrentTask(TBPTTModule):
         lr: float,
         weight_decay: float,
         pad_id: int = -100,
+        lr_scheduler_step: str = "batch",
+        max_consecutive_skips: int = 10,
+        nonfinite_inputs: str = "error",
     ) -> None:
         super().__init__(
             tbptt_steps=tbptt_steps,
@@ -94,6 +97,9 @@ class _RecurrentTask(TBPTTModule):
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             eval_tbptt_steps=eval_tbptt_steps,
+            lr_scheduler_step=lr_scheduler_step,
+            max_consecutive_skips=max_consecutive_skips,
+            nonfinite_inputs=nonfinite_inputs,
         )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"Expected num_classes to be an int >= 2, got {num_classes!r}")

@@ -54,8 +54,9 @@ class RNNClassifier(_RecurrentTask):
         embedding_dim, hidden_size, num_layers, cell (``"rnn"``, ``"lstm"``, ``"gru"``), bidirectional: encoder.
         summary: ``"last"``, ``"mean"``, ``"max"`` or ``"attention"``.
         loss_at: ``"end"`` or ``"every_chunk"`` (TBPTT only; identical without TBPTT).
-        tbptt_steps, tbptt_backprop_steps, gradient_clip_val, gradient_clip_algorithm, eval_tbptt_steps: see
-            :class:`~lightning_rnn.TBPTTModule` (``carry_state`` is off: every batch is a set of sequences).
+        tbptt_steps, tbptt_backprop_steps, gradient_clip_val, gradient_clip_algorithm, eval_tbptt_steps,
+            lr_scheduler_step, max_consecutive_skips, nonfinite_inputs: see :class:`~lightning_rnn.TBPTTModule`
+            (``carry_state`` is off: every batch is a set of sequences).
         input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
             dropout of the encoder; dropout: dropout on the summary before the head.
         optimizer (``"adam"``, ``"adamw"``, ``"sgd"``), lr, weight_decay.
@@ -91,6 +92,9 @@ class RNNClassifier(_RecurrentTask):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
+        lr_scheduler_step: str = "batch",
+        max_consecutive_skips: int = 10,
+        nonfinite_inputs: str = "error",
         input_dropout: float = 0.0,
         layer_dropout: float = 0.0,
         output_dropout: float = 0.0,
@@ -120,6 +124,9 @@ class RNNClassifier(_RecurrentTask):
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             eval_tbptt_steps=eval_tbptt_steps,
+            lr_scheduler_step=lr_scheduler_step,
+            max_consecutive_skips=max_consecutive_skips,
+            nonfinite_inputs=nonfinite_inputs,
             input_dropout=input_dropout,
             layer_dropout=layer_dropout,
             output_dropout=output_dropout,

@@ -60,7 +60,8 @@ class RNNLanguageModel(TBPTTModule):
         num_layers: stacked recurrent layers.
         cell: ``"rnn"`` (tanh), ``"lstm"`` or ``"gru"``.
         tbptt_steps, tbptt_backprop_steps, carry_state, variable_bptt, gradient_clip_val,
-            gradient_clip_algorithm, eval_tbptt_steps: see :class:`~lightning_rnn.TBPTTModule`.
+            gradient_clip_algorithm, eval_tbptt_steps, variable_bptt_std, variable_bptt_min, lr_scheduler_step,
+            max_consecutive_skips, nonfinite_inputs: see :class:`~lightning_rnn.TBPTTModule`.
         input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
             dropout of the :class:`~lightning_rnn.nn.RNNStack`.
         zoneout: zoneout probability of the recurrent state (Krueger et al. 2016), see
@@ -126,6 +127,11 @@ class RNNLanguageModel(TBPTTModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
+        variable_bptt_std: float = 5.0,
+        variable_bptt_min: int = 5,
+        lr_scheduler_step: str = "batch",
+        max_consecutive_skips: int = 10,
+        nonfinite_inputs: str = "error",
         pad_id: int = -100,
         output: str = "full",
         adaptive_cutoffs: list[int] | None = None,
@@ -142,6 +148,11 @@ class RNNLanguageModel(TBPTTModule):
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             eval_tbptt_steps=eval_tbptt_steps,
+            variable_bptt_std=variable_bptt_std,
+            variable_bptt_min=variable_bptt_min,
+            lr_scheduler_step=lr_scheduler_step,
+            max_consecutive_skips=max_consecutive_skips,
+            nonfinite_inputs=nonfinite_inputs,
         )
         for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -42,7 +42,8 @@ class RNNTagger(_RecurrentTask):
             by the metrics; predicted tags past a row's length are set to it. ``-100`` is what
             :func:`~lightning_rnn.data.pad_collate` pads labels with (``cross_entropy``'s ``ignore_index``).
         tbptt_steps, tbptt_backprop_steps, carry_state, gradient_clip_val, gradient_clip_algorithm,
-            eval_tbptt_steps: see :class:`~lightning_rnn.TBPTTModule`.
+            eval_tbptt_steps, lr_scheduler_step, max_consecutive_skips, nonfinite_inputs: see
+            :class:`~lightning_rnn.TBPTTModule`.
         input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode, dropout,
             optimizer, lr, weight_decay: as :class:`~lightning_rnn.RNNClassifier`.
 
@@ -79,6 +80,9 @@ class RNNTagger(_RecurrentTask):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
+        lr_scheduler_step: str = "batch",
+        max_consecutive_skips: int = 10,
+        nonfinite_inputs: str = "error",
         input_dropout: float = 0.0,
         layer_dropout: float = 0.0,
         output_dropout: float = 0.0,
@@ -104,6 +108,9 @@ class RNNTagger(_RecurrentTask):
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             eval_tbptt_steps=eval_tbptt_steps,
+            lr_scheduler_step=lr_scheduler_step,
+            max_consecutive_skips=max_consecutive_skips,
+            nonfinite_inputs=nonfinite_inputs,
             input_dropout=input_dropout,
             layer_dropout=layer_dropout,
             output_dropout=output_dropout,
