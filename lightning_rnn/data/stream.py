@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_rnn.data.corpus import _check_max_bytes, read_text_source, stdlib_corpus_files
 from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
@@ -365,9 +366,10 @@ class TextStreamDataModule(LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
         rank, world = self._rank_world()
-        return DataLoader(
+        return StatefulDataLoader(  # resumable mid-epoch; its own generator: no global RNG draw per epoch
             dataset,
             batch_size=None,  # items are whole (B, bptt) batches
+            generator=torch.Generator(),
             sampler=_InOrderStreamSampler(dataset, rank, world),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
