@@ -82,7 +82,7 @@ def _trainer(max_steps: int, callbacks: list, tmp: Path) -> Trainer:
     "tagger",
     pytest.param("classifier", marks=pytest.mark.slow),
     pytest.param("seq2seq", marks=pytest.mark.slow),
-    pytest.param("lm", marks=pytest.mark.xfail(reason="TextStreamDataModule's loader is not stateful yet", strict=False)),
+    "lm",
 ])
 def test_resume_mid_epoch_equals_uninterrupted_run(name: str, tmp_path: Path) -> None:
     ckpt = tmp_path / "mid.ckpt"

@@ -121,6 +121,9 @@ class LightningRNNCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path:
             return
+        if str(ckpt_path) in ("last", "best", "hpc") or "://" in str(ckpt_path):
+            super()._parse_ckpt_path()  # resolved by Lightning when the run starts (loaded by SafeCheckpointIO)
+            return
         try:
             self._checkpoint = load_checkpoint(ckpt_path, what="--ckpt_path")
         except CheckpointError as err:
@@ -227,7 +230,11 @@ class LightningRNNCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, SafeCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
-        extra = [ExactResume(), CheckpointDirCheck()]
+        from lightning_rnn import Seq2SeqAttention, TBPTTModule
+
+        extra: list[Any] = [CheckpointDirCheck()]
+        if not isinstance(self.model, TBPTTModule | Seq2SeqAttention):  # those add ExactResume themselves
+            extra.append(ExactResume())
         if self.datamodule is not None and VocabInCheckpoint.needed(self.datamodule):
             extra.append(VocabInCheckpoint())
         for cb in extra:

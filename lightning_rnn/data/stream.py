@@ -465,9 +465,10 @@ class TextStreamDataModule(LightningDataModule):
     def _loader(self, split: str, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
         dataset = self.dataset(split)
         rank, world = self._rank_world()
-        return loader_class(
+        return loader_class(  # its own generator: no draw from the global RNG per epoch (exact resume)
             dataset,
             batch_size=None,  # items are whole (B, bptt) batches
+            generator=torch.Generator(),
             sampler=_InOrderStreamSampler(dataset, rank, world),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
