@@ -29,7 +29,11 @@ def _unigram_entropy_bits(datamodule: Any) -> float | None:
         return None
     if not isinstance(tokens, torch.Tensor) or tokens.numel() == 0:
         return None
-    counts = torch.bincount(tokens.flatten().long()).double()
+    flat, counts = tokens.flatten(), torch.zeros(0, dtype=torch.float64)
+    for a in range(0, flat.numel(), 1 << 24):  # chunks: a memory-mapped corpus is never copied whole to int64
+        part = torch.bincount(flat[a : a + (1 << 24)].long()).double()
+        counts = torch.nn.functional.pad(counts, (0, max(0, part.numel() - counts.numel())))
+        counts[: part.numel()] += part
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log2()).sum())
 

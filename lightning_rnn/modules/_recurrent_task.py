@@ -229,20 +229,26 @@ class _RecurrentTask(TBPTTModule):
             "end": end,
         }
 
-    def encode(self, inputs: Tensor, lengths: Tensor, state: Any = None) -> tuple[Tensor, Any, Tensor]:
+    def encode(self, inputs: Tensor, lengths: Tensor | None, state: Any = None) -> tuple[Tensor, Any, Tensor]:
         """Run the encoder on the rows that have steps in this chunk; the other rows' state is untouched.
 
-        Inputs: inputs (N, k) ids or (N, k, F) features; lengths (N,) valid steps in [0, k]; state or None.
+        Inputs: inputs (N, k) ids or (N, k, F) features; lengths (N,) valid steps in [0, k], or None: every
+        row has all k steps (no data-dependent row selection or packing, so ``torch.export`` can trace it);
+        state or None.
         Outputs: outputs (A, k, D*H) of the A active rows (zero past each row's length), the new state of all
         N rows (active rows replaced, graph attached), and the active row indices (A,).
         """
         n, k = inputs.shape[0], inputs.shape[1]
-        lengths = lengths.to(inputs.device)
-        idx = torch.nonzero(lengths > 0).flatten()  # (A,)
-        all_active = idx.numel() == n
         if state is None:
             ref = self.rnn.weight_hh_l0
             state = self.rnn.init_state(n, device=inputs.device, dtype=ref.dtype)
+        if lengths is None:
+            x = self.embedding(inputs) if self.embedding is not None else inputs  # (N, k, F)
+            out, new = self.rnn(x, state)
+            return out, new, torch.arange(n, device=inputs.device)
+        lengths = lengths.to(inputs.device)
+        idx = torch.nonzero(lengths > 0).flatten()  # (A,)
+        all_active = idx.numel() == n
         x = inputs if all_active else inputs.index_select(0, idx)
         x = self.embedding(x) if self.embedding is not None else x  # (A, k, F)
         if idx.numel() == 0:

@@ -143,11 +143,14 @@ class RNNClassifier(_RecurrentTask):
         self.attention = AttentionPooling(self.rnn.output_size) if summary == "attention" else None
 
     # ------------------------------------------------------------------ model
-    def _chunk_summary(self, inputs: Tensor, lengths: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """One chunk: the summary so far (N, D*H) of every row and the new carried state."""
+    def _chunk_summary(self, inputs: Tensor, lengths: Tensor | None, state: Any) -> tuple[Tensor, Any]:
+        """One chunk: the summary so far (N, D*H) of every row and the new carried state (lengths None: all
+        rows have every step)."""
         rnn_state = state["rnn"] if state is not None else None
         pool = state["pool"] if state is not None else None
         out, rnn_state, idx = self.encode(inputs, lengths, rnn_state)  # (A, k, D*H)
+        if lengths is None:
+            lengths = torch.full((inputs.shape[0],), inputs.shape[1], dtype=torch.long, device=out.device)
         if self.summary == "last":
             h = rnn_state[0] if isinstance(rnn_state, tuple) else rnn_state  # (D*layers, N, H)
             d = self.rnn.num_directions
@@ -170,9 +173,7 @@ class RNNClassifier(_RecurrentTask):
         Inputs: inputs (N, L) ids or (N, L, F) features; lengths (N,) or None (all L).
         Outputs: (N, D*H).
         """
-        if lengths is None:
-            lengths = torch.full((inputs.shape[0],), inputs.shape[1], dtype=torch.long)
-        summary, _ = self._chunk_summary(inputs, lengths.to(inputs.device), None)
+        summary, _ = self._chunk_summary(inputs, lengths.to(inputs.device) if lengths is not None else None, None)
         return summary
 
     def forward(self, inputs: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -134,11 +133,10 @@ class RNNTagger(_RecurrentTask):
         the :class:`~lightning_rnn.nn.RNNStack` state after each row's last valid step.
         """
         n, length = inputs.shape[0], inputs.shape[1]
-        if lengths is None:
-            lengths = torch.full((n,), length, dtype=torch.long, device=inputs.device)
-        out, state, idx = self.encode(inputs, lengths.to(inputs.device), state)  # (A, L, D*H)
+        # lengths=None: the unpacked full-length path (what torch.export / ONNX trace)
+        out, state, idx = self.encode(inputs, lengths.to(inputs.device) if lengths is not None else None, state)
         logits = self.head(self.dropout(out))  # (A, L, C)
-        if idx.numel() == n:
+        if lengths is None or idx.numel() == n:
             return logits, state
         return logits.new_zeros(n, length, self.num_classes).index_copy(0, idx, logits), state
 

@@ -294,8 +294,8 @@ class RNNStack(nn.Module):
 
         Device and dtype default to the parameters'.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | torch.SymInt) or batch_size < 1:
+            raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r}")  # SymInt: traced
         ref = self.weight_hh_l0
         shape = (self.num_directions * self.num_layers, batch_size, self.hidden_size)
         kw = {"device": device if device is not None else ref.device, "dtype": dtype or ref.dtype}

@@ -179,11 +179,17 @@ class Seq2SeqEncoder(nn.Module):
         self.num_directions = self.rnn.num_directions
         self.output_size = self.rnn.output_size
 
-    def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    def forward(
+        self, src: Tensor, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+        """Inputs: src (N, S) ids; lengths (N,), or None when every row has all S steps (the unpacked path
+        ``torch.export`` / ONNX export trace). Outputs: outputs (N, S, D*H), the final state."""
         if src.dim() != 2:
             raise ValueError(f"Expected src of shape (N, S), got {list(src.shape)}")
-        check_lengths(lengths, src.size(0), src.size(1))
-        check_token_ids(src, self.vocab_size, "src")
+        if lengths is not None:
+            check_lengths(lengths, src.size(0), src.size(1))
+        if not torch.compiler.is_compiling():  # a data-dependent check: not part of a traced graph
+            check_token_ids(src, self.vocab_size, "src")
         emb = self.embedding(src)  # (N, S, E)
         outputs, state = self.rnn(emb, lengths=lengths)  # (N, S, D*H)
         return outputs, state
