@@ -1,22 +1,28 @@
 """``RNNStack``: a multi-layer RNN / LSTM / GRU with step-tied (variational) dropout.
 
 A drop-in for ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` (same shapes, same parameter names, same ``state_dict``)
-that adds the dropout schemes of Gal & Ghahramani (2016) and AWD-LSTM (Merity et al. 2017), residual
-connections between layers, lengths-aware padded batches, Monte-Carlo dropout and an unrolled per-step
-forward (every step's state with autograd attached, for gradient-flow diagnostics).
+that adds the dropout schemes of Gal & Ghahramani (2016) and AWD-LSTM (Merity et al. 2017), zoneout
+(Krueger et al. 2016), residual connections between layers, lengths-aware padded batches, Monte-Carlo
+dropout and an unrolled per-step forward (every step's state with autograd attached, for gradient-flow
+diagnostics).
 
 How it runs (top to bottom in :meth:`RNNStack._run`):
 
 1. input dropout — one (N, F) mask per forward, the same at every step;
 2. the recurrence — one fused multi-layer kernel call (``torch._VF.lstm`` etc., the very call
-   ``torch.nn.LSTM.forward`` makes; oneDNN/MKL on CPU, cuDNN on GPU) when no layer dropout, residual or
-   ``"state"`` recurrent dropout is active; otherwise one fused call per layer, or, for ``"state"``
-   recurrent dropout, a step loop with the input projection of the whole sequence precomputed;
+   ``torch.nn.LSTM.forward`` makes; oneDNN/MKL on CPU, cuDNN on GPU) when no layer dropout, residual,
+   ``"state"`` recurrent dropout or zoneout is active; otherwise one fused call per layer, or, for
+   ``"state"`` recurrent dropout and zoneout, a step loop with the input projection of the whole sequence
+   precomputed (``_recurrence.py``: hand-written forward/backward for LSTM and GRU);
 3. output dropout.
 
 ``"weight"`` recurrent dropout replaces each ``weight_hh`` by ``dropout(weight_hh)`` for the call: the
-Parameters themselves are never modified (no monkey-patching, no ``flatten_parameters``), so they receive
-gradients and dropped weights are back on the next forward.
+Parameters themselves are never modified (no monkey-patching), so they receive gradients and dropped
+weights are back on the next forward. As in ``torch.nn.LSTM``, on CUDA the parameters are views of one
+flat buffer in cuDNN's layout (:meth:`RNNStack.flatten_parameters`), so the fused call does not copy them.
+
+Dtypes: the returned state is always in the parameters' dtype, also under ``torch.autocast`` (see the
+class docstring).
 
 Symbols: N batch, L length, D directions (2 if bidirectional else 1), H hidden size, F input features.
 """
