@@ -22,6 +22,7 @@ Usage::
 
     python benchmarks/dropout_throughput.py            # ~3-5 minutes (torch.compile warm-up included)
     python benchmarks/dropout_throughput.py --no-compile
+    python benchmarks/dropout_throughput.py --threads 1   # one core: the recurrences' compute alone
     python benchmarks/dropout_throughput.py --quick    # a few seconds smoke run
 """
 
@@ -177,8 +178,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile variant")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions (smoke run)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.input_size = args.hidden_size = 64
         args.seq_len, args.reps, args.warmup = 16, 3, 1
