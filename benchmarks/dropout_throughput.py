@@ -62,9 +62,10 @@ class LSTMCellLoop(nn.Module):
 
 
 class AutogradStepRNNStack(RNNStack):
-    """State mode through the autograd step loop (``RNNStack._recurrence = "autograd"``)."""
+    """State mode through the autograd step loop (``RNNStack(second_order=True)``)."""
 
-    _recurrence = "autograd"
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, second_order=True, **kwargs)
 
 
 def _lstm_cell(xt: Tensor, hm: Tensor, c: Tensor, w_t: Tensor) -> tuple[Tensor, Tensor]:

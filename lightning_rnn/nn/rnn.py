@@ -135,6 +135,10 @@ class RNNStack(nn.Module):
             ``layer_dropout`` here (step-tied); a non-zero value raises, naming it.
         nonlinearity: ``torch.nn.RNN``'s keyword, only ``"tanh"`` with ``cell="rnn"`` (the tanh RNN).
         proj_size: ``torch.nn.LSTM``'s keyword, accepted only as 0 (no projections).
+        second_order: run ``"state"`` recurrent dropout and zoneout of LSTM / GRU through an autograd step
+            loop that supports double backward (gradient penalties, Hessian-vector products; slower and
+            more memory). By default they run a hand-written recurrence whose backward is first-order only:
+            a ``create_graph=True`` backward through it raises. Also an attribute (``rnn.second_order``).
 
     Inputs: input, state, lengths
         - **input**: (N, L, F) if ``batch_first`` else (L, N, F), or a ``PackedSequence``.
@@ -157,10 +161,6 @@ class RNNStack(nn.Module):
         >>> out.shape, h.shape
         (torch.Size([4, 10, 16]), torch.Size([2, 4, 16]))
     """
-
-    #: Per-step recurrence for LSTM / GRU on padded input: ``"hand-written"`` (``autograd.Function``s of
-    #: ``_recurrence.py``) or ``"autograd"`` (the step loop, any order of derivatives; for benchmarks/tests).
-    _recurrence: str = "hand-written"
 
     def __init__(
         self,
@@ -185,6 +185,7 @@ class RNNStack(nn.Module):
         dropout: float = 0.0,
         nonlinearity: str | None = None,
         proj_size: int = 0,
+        second_order: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(cell, str) or cell.lower() not in CELLS:
@@ -216,6 +217,7 @@ class RNNStack(nn.Module):
         self.recurrent_dropout_mode = recurrent_dropout_mode
         self.mc_dropout = bool(mc_dropout)
         self.zoneout = _check_p(zoneout, "zoneout")
+        self.second_order = bool(second_order)
 
         if residual not in (False, True, "all"):
             raise ValueError(f"Expected residual to be False, True or 'all', got {residual!r}")
@@ -577,7 +579,7 @@ class RNNStack(nn.Module):
             h0 = hx[0][direction] if lstm else hx[direction]
             c0 = hx[1][direction] if lstm else None
             mask, zh, zc = masks.state[k], masks.zoneout_h[k], masks.zoneout_c[k]
-            hand_written = batch_sizes is None and self._recurrence == "hand-written"
+            hand_written = batch_sizes is None and not self.second_order
             if lstm and hand_written:  # hand-written backward, one weight-gradient product
                 if direction == 1:  # run the reversed sequence; zoneout draws stay tied to time steps
                     xp, zh, zc = (z.flip(0) if isinstance(z, Tensor) else z for z in (xp, zh, zc))
@@ -620,6 +622,8 @@ class RNNStack(nn.Module):
             s += f", recurrent_dropout={self.recurrent_dropout}, recurrent_dropout_mode={self.recurrent_dropout_mode!r}"
         if self.zoneout:
             s += f", zoneout={self.zoneout}"
+        if self.second_order:
+            s += ", second_order=True"
         return s
 
 
