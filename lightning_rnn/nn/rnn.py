@@ -417,7 +417,8 @@ class RNNStack(nn.Module):
         """Unrolled forward: one step at a time over the same parameters, returning every step's state.
 
         Computes the same as :meth:`forward` (to float rounding, with the same dropout semantics: masks are
-        drawn once for the whole call, in the same order, so the same RNG seed gives the same masks), but
+        drawn once for the whole call, in the same order, so the same RNG seed gives the same masks; step t
+        uses zoneout's draws of step t), but
         exposes the state after every step with autograd attached: ``step_states[t]`` is the tensor fed
         into step t+1, so ``torch.autograd.grad(loss_t, step_states[t - k])`` measures how much gradient
         survives k steps back. Unidirectional stacks only.
