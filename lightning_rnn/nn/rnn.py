@@ -497,8 +497,8 @@ class RNNStack(nn.Module):
     def _kernel(self, x: Tensor, batch_sizes: Tensor | None, hx: State, weights: list[Tensor], num_layers: int):
         """One fused call of torch's RNN kernel (what ``nn.LSTM.forward`` calls) over ``num_layers`` layers."""
         kernel = _KERNELS[self.cell]
-        # One dtype in (the parameters'); under autocast torch's kernels cast to autocast's dtype themselves
-        # (oneDNN LSTM on CPU, cuDNN on CUDA) or run in the parameters' dtype (other CPU kernels).
+        # One dtype in (the parameters'); under autocast torch's kernels choose their compute dtype as they
+        # do for torch.nn.LSTM (cuDNN and oneDNN's LSTM cast to autocast's dtype themselves).
         x, hx = x.to(weights[0].dtype), _cast_state(hx, weights[0].dtype)
         own = num_layers == self.num_layers and all(isinstance(w, nn.Parameter) for w in weights)
         if x.is_cuda and not own and autocast_dtype("cuda") is None and not _is_one_chunk(weights):
