@@ -22,6 +22,8 @@ Usage::
 
     python benchmarks/dropout_throughput.py            # ~3-5 minutes (torch.compile warm-up included)
     python benchmarks/dropout_throughput.py --no-compile
+    python benchmarks/dropout_throughput.py --threads 1   # one core: the recurrences' compute alone
+    python benchmarks/dropout_throughput.py --threads 1 --cpu-time   # indicative even on a busy machine
     python benchmarks/dropout_throughput.py --quick    # a few seconds smoke run
 """
 
@@ -61,9 +63,10 @@ class LSTMCellLoop(nn.Module):
 
 
 class AutogradStepRNNStack(RNNStack):
-    """State mode through the autograd step loop (``RNNStack._recurrence = "autograd"``)."""
+    """State mode through the autograd step loop (``RNNStack(second_order=True)``)."""
 
-    _recurrence = "autograd"
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, second_order=True, **kwargs)
 
 
 def _lstm_cell(xt: Tensor, hm: Tensor, c: Tensor, w_t: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,12 +138,15 @@ def build(args: argparse.Namespace) -> dict[str, tuple[str, nn.Module]]:
     return models
 
 
+CLOCK = time.perf_counter
+
+
 def step(model: nn.Module, x: Tensor) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     out = model(x)
     out = out[0] if isinstance(out, tuple) else out
     out.sum().backward()
-    elapsed = time.perf_counter() - start
+    elapsed = CLOCK() - start
     for p in model.parameters():
         p.grad = None
     return elapsed
@@ -177,8 +183,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile variant")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by process CPU time instead of wall time (with --threads 1: robust to load)")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions (smoke run)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     if args.quick:
         args.input_size = args.hidden_size = 64
         args.seq_len, args.reps, args.warmup = 16, 3, 1
@@ -205,6 +219,7 @@ def main() -> None:
     print(
         f"{args.num_layers}-layer training step (forward+backward): input {args.input_size}, hidden "
         f"{args.hidden_size}, batch {args.batch_size}, {args.seq_len} steps, {torch.get_num_threads()} threads, "
+        f"{'process CPU' if args.cpu_time else 'wall'} time, "
         f"torch {torch.__version__}; median of {args.reps} interleaved repetitions; ratio = fused torch "
         f"time / variant time (LSTM rows vs torch.nn.LSTM, GRU rows vs torch.nn.GRU)\n"
     )

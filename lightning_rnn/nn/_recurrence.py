@@ -38,8 +38,9 @@ Zoneout = Tensor | float | None
 
 _DOUBLE_BACKWARD = (
     "Double backward (create_graph=True) through RNNStack's per-step LSTM recurrence on padded input "
-    "(recurrent_dropout_mode='state' or zoneout) is not supported: its backward is hand-written. "
-    "Use recurrent_dropout_mode='weight' and zoneout=0 for second-order gradients"
+    "(recurrent_dropout_mode='state' or zoneout) is not supported: its backward is hand-written. Construct "
+    "the RNNStack with second_order=True (or set rnn.second_order = True) to run it through autograd, or use "
+    "recurrent_dropout_mode='weight' and zoneout=0"
 )
 
 

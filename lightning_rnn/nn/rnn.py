@@ -1,22 +1,28 @@
 """``RNNStack``: a multi-layer RNN / LSTM / GRU with step-tied (variational) dropout.
 
 A drop-in for ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` (same shapes, same parameter names, same ``state_dict``)
-that adds the dropout schemes of Gal & Ghahramani (2016) and AWD-LSTM (Merity et al. 2017), residual
-connections between layers, lengths-aware padded batches, Monte-Carlo dropout and an unrolled per-step
-forward (every step's state with autograd attached, for gradient-flow diagnostics).
+that adds the dropout schemes of Gal & Ghahramani (2016) and AWD-LSTM (Merity et al. 2017), zoneout
+(Krueger et al. 2016), residual connections between layers, lengths-aware padded batches, Monte-Carlo
+dropout and an unrolled per-step forward (every step's state with autograd attached, for gradient-flow
+diagnostics).
 
 How it runs (top to bottom in :meth:`RNNStack._run`):
 
 1. input dropout — one (N, F) mask per forward, the same at every step;
 2. the recurrence — one fused multi-layer kernel call (``torch._VF.lstm`` etc., the very call
-   ``torch.nn.LSTM.forward`` makes; oneDNN/MKL on CPU, cuDNN on GPU) when no layer dropout, residual or
-   ``"state"`` recurrent dropout is active; otherwise one fused call per layer, or, for ``"state"``
-   recurrent dropout, a step loop with the input projection of the whole sequence precomputed;
+   ``torch.nn.LSTM.forward`` makes; oneDNN/MKL on CPU, cuDNN on GPU) when no layer dropout, residual,
+   ``"state"`` recurrent dropout or zoneout is active; otherwise one fused call per layer, or, for
+   ``"state"`` recurrent dropout and zoneout, a step loop with the input projection of the whole sequence
+   precomputed (``_recurrence.py``: hand-written forward/backward for LSTM and GRU);
 3. output dropout.
 
 ``"weight"`` recurrent dropout replaces each ``weight_hh`` by ``dropout(weight_hh)`` for the call: the
-Parameters themselves are never modified (no monkey-patching, no ``flatten_parameters``), so they receive
-gradients and dropped weights are back on the next forward.
+Parameters themselves are never modified (no monkey-patching), so they receive gradients and dropped
+weights are back on the next forward. As in ``torch.nn.LSTM``, on CUDA the parameters are views of one
+flat buffer in cuDNN's layout (:meth:`RNNStack.flatten_parameters`), so the fused call does not copy them.
+
+Dtypes: the returned state is always in the parameters' dtype, also under ``torch.autocast`` (see the
+class docstring).
 
 Symbols: N batch, L length, D directions (2 if bidirectional else 1), H hidden size, F input features.
 """
@@ -129,6 +135,10 @@ class RNNStack(nn.Module):
             ``layer_dropout`` here (step-tied); a non-zero value raises, naming it.
         nonlinearity: ``torch.nn.RNN``'s keyword, only ``"tanh"`` with ``cell="rnn"`` (the tanh RNN).
         proj_size: ``torch.nn.LSTM``'s keyword, accepted only as 0 (no projections).
+        second_order: run ``"state"`` recurrent dropout and zoneout of LSTM / GRU through an autograd step
+            loop that supports double backward (gradient penalties, Hessian-vector products; slower and
+            more memory). By default they run a hand-written recurrence whose backward is first-order only:
+            a ``create_graph=True`` backward through it raises. Also an attribute (``rnn.second_order``).
 
     Inputs: input, state, lengths
         - **input**: (N, L, F) if ``batch_first`` else (L, N, F), or a ``PackedSequence``.
@@ -151,10 +161,6 @@ class RNNStack(nn.Module):
         >>> out.shape, h.shape
         (torch.Size([4, 10, 16]), torch.Size([2, 4, 16]))
     """
-
-    #: Per-step recurrence for LSTM / GRU on padded input: ``"hand-written"`` (``autograd.Function``s of
-    #: ``_recurrence.py``) or ``"autograd"`` (the step loop, any order of derivatives; for benchmarks/tests).
-    _recurrence: str = "hand-written"
 
     def __init__(
         self,
@@ -179,6 +185,7 @@ class RNNStack(nn.Module):
         dropout: float = 0.0,
         nonlinearity: str | None = None,
         proj_size: int = 0,
+        second_order: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(cell, str) or cell.lower() not in CELLS:
@@ -210,6 +217,7 @@ class RNNStack(nn.Module):
         self.recurrent_dropout_mode = recurrent_dropout_mode
         self.mc_dropout = bool(mc_dropout)
         self.zoneout = _check_p(zoneout, "zoneout")
+        self.second_order = bool(second_order)
 
         if residual not in (False, True, "all"):
             raise ValueError(f"Expected residual to be False, True or 'all', got {residual!r}")
@@ -409,7 +417,8 @@ class RNNStack(nn.Module):
         """Unrolled forward: one step at a time over the same parameters, returning every step's state.
 
         Computes the same as :meth:`forward` (to float rounding, with the same dropout semantics: masks are
-        drawn once for the whole call, in the same order, so the same RNG seed gives the same masks), but
+        drawn once for the whole call, in the same order, so the same RNG seed gives the same masks; step t
+        uses zoneout's draws of step t), but
         exposes the state after every step with autograd attached: ``step_states[t]`` is the tensor fed
         into step t+1, so ``torch.autograd.grad(loss_t, step_states[t - k])`` measures how much gradient
         survives k steps back. Unidirectional stacks only.
@@ -488,8 +497,8 @@ class RNNStack(nn.Module):
     def _kernel(self, x: Tensor, batch_sizes: Tensor | None, hx: State, weights: list[Tensor], num_layers: int):
         """One fused call of torch's RNN kernel (what ``nn.LSTM.forward`` calls) over ``num_layers`` layers."""
         kernel = _KERNELS[self.cell]
-        # One dtype in (the parameters'); under autocast torch's kernels cast to autocast's dtype themselves
-        # (oneDNN LSTM on CPU, cuDNN on CUDA) or run in the parameters' dtype (other CPU kernels).
+        # One dtype in (the parameters'); under autocast torch's kernels choose their compute dtype as they
+        # do for torch.nn.LSTM (cuDNN and oneDNN's LSTM cast to autocast's dtype themselves).
         x, hx = x.to(weights[0].dtype), _cast_state(hx, weights[0].dtype)
         own = num_layers == self.num_layers and all(isinstance(w, nn.Parameter) for w in weights)
         if x.is_cuda and not own and autocast_dtype("cuda") is None and not _is_one_chunk(weights):
@@ -571,7 +580,7 @@ class RNNStack(nn.Module):
             h0 = hx[0][direction] if lstm else hx[direction]
             c0 = hx[1][direction] if lstm else None
             mask, zh, zc = masks.state[k], masks.zoneout_h[k], masks.zoneout_c[k]
-            hand_written = batch_sizes is None and self._recurrence == "hand-written"
+            hand_written = batch_sizes is None and not self.second_order
             if lstm and hand_written:  # hand-written backward, one weight-gradient product
                 if direction == 1:  # run the reversed sequence; zoneout draws stay tied to time steps
                     xp, zh, zc = (z.flip(0) if isinstance(z, Tensor) else z for z in (xp, zh, zc))
@@ -614,6 +623,8 @@ class RNNStack(nn.Module):
             s += f", recurrent_dropout={self.recurrent_dropout}, recurrent_dropout_mode={self.recurrent_dropout_mode!r}"
         if self.zoneout:
             s += f", zoneout={self.zoneout}"
+        if self.second_order:
+            s += ", second_order=True"
         return s
 
 

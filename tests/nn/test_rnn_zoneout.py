@@ -175,10 +175,15 @@ def test_hand_written_recurrence_refuses_double_backward_clearly(cell, kwargs):
     assert g.abs().sum() > 0
 
 
-@pytest.mark.parametrize(("cell", "lengths"), [("rnn", None), ("gru", [3, 2]), ("lstm", [3, 2])])
-def test_autograd_step_loop_supports_double_backward(float64, cell, lengths):
-    """The tanh RNN and packed (lengths) inputs run the autograd step loop: any order of derivatives."""
-    m = RNNStack(cell, 3, 3, zoneout=0.2, recurrent_dropout=0.3, recurrent_dropout_mode="state")
+@pytest.mark.parametrize(
+    ("cell", "lengths", "second_order"),
+    [("rnn", None, False), ("gru", [3, 2], False), ("lstm", [3, 2], False), ("lstm", None, True),
+     ("gru", None, True)],
+)
+def test_autograd_step_loop_supports_double_backward(float64, cell, lengths, second_order):
+    """The tanh RNN, packed (lengths) inputs and ``second_order=True`` run the autograd step loop: any order."""
+    m = RNNStack(cell, 3, 3, zoneout=0.2, recurrent_dropout=0.3, recurrent_dropout_mode="state",
+                 second_order=second_order)
     m.mc_dropout = True  # masks drawn in eval too; the seed fixes them
     m.eval()
     x = torch.randn(2, 3, 3, requires_grad=True)
@@ -190,3 +195,8 @@ def test_autograd_step_loop_supports_double_backward(float64, cell, lengths):
         return torch.func.functional_call(m, {"weight_hh_l0": w}, (x,), {"lengths": lengths})[0]
 
     assert torch.autograd.gradgradcheck(fn, (x, w))
+    if second_order:  # the same function as the default hand-written recurrence
+        with torch.no_grad():
+            out_autograd = fn(x, w)
+            m.second_order = False
+            torch.testing.assert_close(fn(x, w), out_autograd, atol=1e-12, rtol=0)
