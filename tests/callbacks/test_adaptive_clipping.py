@@ -278,40 +278,48 @@ def test_manual_optimization_clips_every_step():
     assert "grad_clip/threshold" in trainer.callback_metrics  # logging works from inside opt.step()
 
 
-def test_logs_only_on_the_batches_lightning_writes(tmp_path):
-    """self.log is called on Lightning's log_every_n_steps schedule (+ first and last batch), and the CSV rows
-    hold exactly those steps' pre-clip norms: no logged value is lost, no log call is wasted."""
+def _with_own_metric(cls):
+    """The module also logs a metric of its own every step: Lightning's own schedule, to compare with."""
+
+    class OwnMetric(cls):
+        def training_step(self, batch, batch_idx):
+            self.log("own/batch_idx", float(batch_idx), on_step=True, on_epoch=False, batch_size=1)
+            return super().training_step(batch, batch_idx)
+
+    return OwnMetric
+
+
+@pytest.mark.parametrize(("manual", "every"), [(False, 3), (True, 3), (False, 1)])
+def test_logger_rows_follow_lightnings_schedule_with_each_batchs_last_step(tmp_path, manual, every):
+    """The callback logs every step and lets Lightning decide what reaches the loggers: its rows are exactly the
+    rows of a metric the module logs itself, and each holds the pre-clip norm of that batch's last optimizer step."""
+    import csv
+
     from lightning.pytorch.loggers import CSVLogger
 
     cb = AdaptiveGradientClipping("quantile", quantile=0.5)
-    model = LSTMRegressor()
-    logged_batches: list[int] = []
-    original_log = model.log
-
-    def counting_log(name, *args, **kwargs):
-        if name == "grad_clip/norm":
-            logged_batches.append(model.trainer.fit_loop.epoch_loop._batches_that_stepped)
-        return original_log(name, *args, **kwargs)
-
-    model.log = counting_log
+    model = _with_own_metric(ManualLSTM if manual else LSTMRegressor)()
+    steps_per_batch = 2 if manual else 1
     pre = Probe()
-    trainer = _trainer([pre, cb], logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=3)
+    trainer = _trainer([pre, cb], logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=every)
     torch.manual_seed(0)
-    trainer.fit(model, _data(n=80, batch_size=8))  # 10 batches, one optimizer step each
-    assert logged_batches == [0, 2, 5, 8, 9]  # first, every 3rd (Lightning's rule: (batch + 1) % 3 == 0), last
-    import csv
-
+    trainer.fit(model, _data(n=80, batch_size=8))  # 10 batches
+    assert len(pre.norms) == 10 * steps_per_batch
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("grad_clip/norm")]
-    assert [int(r["step"]) for r in rows] == [2, 5, 8]  # what Lightning writes at log_every_n_steps=3
-    for r in rows:
-        assert float(r["grad_clip/norm"]) == pytest.approx(pre.norms[int(r["step"])], rel=1e-5)
+        rows = list(csv.DictReader(f))
+    own = [int(r["step"]) for r in rows if r.get("own/batch_idx")]
+    clip_rows = [r for r in rows if r.get("grad_clip/norm")]
+    assert [int(r["step"]) for r in clip_rows] == own
+    assert len(own) == (10 if every == 1 else 10 // every)  # Lightning dropped the others at every > 1
+    for r in clip_rows:
+        last_step = (int(float(r["own/batch_idx"])) + 1) * steps_per_batch - 1
+        assert float(r["grad_clip/norm"]) == pytest.approx(pre.norms[last_step], rel=1e-5)
     assert float(trainer.callback_metrics["grad_clip/norm"]) == pytest.approx(pre.norms[-1], rel=1e-5)
 
 
 def test_a_stop_between_logging_steps_still_writes_that_steps_values(tmp_path):
-    """Lightning writes the step metrics of the batch in which training stops; the held-back values are
-    logged then, so that row is the stopping step's norm, not an earlier one."""
+    """Lightning writes the step metrics of the batch in which training stops: that row is the stopping step's
+    norm, not an earlier one."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
