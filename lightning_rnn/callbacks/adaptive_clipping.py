@@ -274,11 +274,14 @@ class AdaptiveGradientClipping(Callback):
     @property
     @override
     def state_key(self) -> str:
+        # The class name and the arguments that make a rule, in the format of Lightning's own callbacks.
         if self._rule_object is not None:
-            return self._generate_state_key(mode=self.mode, rule=repr(self._rule_template), max_norm=self.max_norm)
-        _, arguments = _NAMED_RULES[self.mode]
-        named = {name: getattr(self, name) for name in arguments.values()}
-        return self._generate_state_key(mode=self.mode, **named, max_norm=self.max_norm)
+            key: dict[str, Any] = {"mode": self.mode, "rule": repr(self._rule_template), "max_norm": self.max_norm}
+        else:
+            _, arguments = _NAMED_RULES[self.mode]
+            key = {"mode": self.mode, **{name: getattr(self, name) for name in arguments.values()}}
+            key["max_norm"] = self.max_norm
+        return f"{type(self).__qualname__}{key!r}"
 
     def _named_rule(self) -> ClipRule:
         rule_class, arguments = _NAMED_RULES[self.mode]

@@ -182,6 +182,14 @@ def test_state_keys_distinguish_instances():
         AdaptiveGradientClipping("agc").state_key,
     }
     assert len(keys) == 4
+    # The key is where checkpoints keep the state: it stays what earlier versions wrote, so they still load.
+    assert AdaptiveGradientClipping("zscore", max_norm=5.0).state_key == (
+        "AdaptiveGradientClipping{'mode': 'zscore', 'z_threshold': 2.5, 'alpha': 0.97, 'warmup_steps': 25, "
+        "'max_norm': 5.0}"
+    )
+    assert AdaptiveGradientClipping("agc").state_key == (
+        "AdaptiveGradientClipping{'mode': 'agc', 'agc_lambda': 0.01, 'agc_eps': 0.001, 'max_norm': None}"
+    )
 
 
 # ----------------------------------------------------------------------------- rules: names and objects
