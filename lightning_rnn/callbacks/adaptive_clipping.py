@@ -129,6 +129,10 @@ class AdaptiveGradientClipping(Callback):
     ``max_nonfinite_steps`` consecutive ones :class:`NonFiniteGradientError` stops training. Under fp16
     AMP, overflowing steps before the first finite one are the GradScaler's search for a scale (it starts at
     2**16 and halves per overflow): 16 more are allowed then. The scaler skips overflowing steps itself.
+    On a :class:`~lightning_rnn.TBPTTModule` the engine itself skips a chunk whose loss or gradient is
+    non-finite before ``optimizer.step()`` (counting it in ``train/skipped_steps``, resetting the carried
+    state's NaN rows, stopping after ``max_consecutive_skips``), so this callback never sees those steps; its
+    own skip then only covers the GradScaler's overflowing steps, and modules without the engine.
 
     Logged with one ``pl_module.log_dict(..., on_step=True)`` per optimizer step; Lightning decides which
     steps reach the loggers (every ``Trainer(log_every_n_steps)`` batches, and the batch in which training
@@ -317,6 +321,12 @@ class AdaptiveGradientClipping(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        clippers = [cb for cb in trainer.callbacks if isinstance(cb, AdaptiveGradientClipping)]
+        if len(clippers) > 1:
+            raise ValueError(
+                f"Expected one {type(self).__name__} callback per Trainer, got {len(clippers)}: each would clip the "
+                "same gradients again. Keep one."
+            )
         trainer_clip = trainer.gradient_clip_val
         if trainer_clip is not None and trainer_clip > 0:
             raise ValueError(

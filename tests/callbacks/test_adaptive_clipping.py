@@ -716,8 +716,8 @@ def test_tbptt_module_every_chunk_step_is_clipped():
 
 
 def test_tbptt_module_with_trainer_clip_is_refused():
-    # The TBPTT engine moves Trainer(gradient_clip_val) onto the module; the callback must still refuse it.
-    with pytest.raises(ValueError, match="clipped twice"):
+    # The TBPTT engine refuses Trainer(gradient_clip_val) itself (it never rewrites the Trainer).
+    with pytest.raises(ValueError, match=r"Trainer\(gradient_clip_val=None\)"):
         _trainer([AdaptiveGradientClipping()], gradient_clip_val=1.0).fit(_tbptt_model(), _tbptt_data())
 
 
