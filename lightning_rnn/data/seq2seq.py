@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_rnn.data.synthetic import _check_int, _GeneratedDataModule
 
@@ -201,6 +201,3 @@ class ReversalDataModule(_GeneratedDataModule):
     def collate_fn(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
         """:class:`Seq2SeqCollate` with this data module's special ids."""
         return Seq2SeqCollate(pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id)(batch)
-
-    def predict_dataloader(self) -> DataLoader | list:
-        return self._loader("test", self.eval_batch_size, shuffle=False)

@@ -97,6 +97,10 @@ class _GeneratedDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader | list:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader | list:
+        """The test split (``lightning-rnn predict``)."""
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
 
 def make_bit_streams(task: str, n: int, length: int, delay: int = 15, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
     """``n`` random bit streams of random length in ``[length // 2, length]``, tagged for ``task``.

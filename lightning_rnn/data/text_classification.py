@@ -343,6 +343,10 @@ class TextClassificationDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader | list:
         return self._loader("test", shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader | list:
+        """The test split (``lightning-rnn predict``)."""
+        return self._loader("test", shuffle=False)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The vocabulary and class names travel with Lightning checkpoints (a resumed run encodes the
