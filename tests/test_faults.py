@@ -126,6 +126,15 @@ def _lm_ckpt(path: Path, cls: type = RNNLanguageModel) -> Path:
     return path
 
 
+def test_generate_refuses_a_checkpoint_naming_its_own_instantiator(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = _lm_ckpt(tmp_path / "lm.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["_instantiator"] = "os.system"
+    torch.save(ckpt, path)
+    assert "refused, a checkpoint must not choose code to run" in _error_line(capsys, ["generate", "--ckpt", str(path)])
+
+
 def test_generate_restores_the_checkpoints_own_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _lm_ckpt(tmp_path / "sub.ckpt", ShoutingLM)
     main(["generate", "--ckpt", str(path), "--prompt", "abc", "--max_new_tokens", "5", "--seed", "0"])
