@@ -179,7 +179,9 @@ def _fit_with_checkpoint_dir(dirpath: str, tmp_path: Path) -> None:
     trainer.fit(model, dm)
 
 
-def test_unwritable_checkpoint_dir_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_checkpoint_dir_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the CLI writes config.yaml into the working directory
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(OSError, match="Expected a writable checkpoint directory") as err:
