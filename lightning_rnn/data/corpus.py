@@ -22,9 +22,11 @@ import torch
 from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
 
 __all__ = [
+    "PYDOC_TOPICS",
     "TokenCorpus",
     "default_cache_dir",
     "iter_text_pieces",
+    "pydoc_topics_text",
     "read_text_source",
     "resolve_text_source",
     "split_sizes",
@@ -38,6 +40,18 @@ _HASH_SEGMENT = 1 << 25  # bytes hashed per task of the parallel content digest
 _FORMAT = 1  # on-disk layout version; part of every cache key
 _LEVELS: dict[str, type[Vocab]] = {"char": CharVocab, "word": WordVocab}
 
+#: ``source`` name of a natural-language corpus present on every machine: the English text of the Python
+#: documentation's help topics shipped with the standard library (``pydoc_data.topics``, ~465k characters).
+PYDOC_TOPICS = "stdlib:pydoc_topics"
+
+
+def pydoc_topics_text() -> str:
+    """The help topics of ``pydoc_data.topics`` (prose of the Python reference), sorted by topic, joined by a
+    blank line."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics))
+
 
 def stdlib_source_dir() -> Path:
     """Directory of the Python standard library's own ``.py`` files: real text present on every machine."""
@@ -49,6 +63,7 @@ def stdlib_source_dir() -> Path:
 
 def stdlib_corpus_files(max_bytes: int | None = 4_000_000) -> list[Path]:
     """The top-level ``*.py`` files of the standard library, sorted by name, up to ``max_bytes`` in total."""
+    _check_max_bytes(max_bytes)
     files = sorted(p for p in stdlib_source_dir().glob("*.py") if p.is_file())
     if max_bytes is None:
         return files
@@ -81,6 +96,8 @@ def resolve_text_source(
         FileNotFoundError: a path that does not exist.
         ValueError: an empty file, a directory without (non-empty) files, an empty string.
     """
+    if isinstance(source, str) and source == PYDOC_TOPICS:
+        return [pydoc_topics_text()]
     if isinstance(source, list | tuple):
         parts: list[Path | str] = []
         for item in source:
@@ -182,7 +199,8 @@ def read_text_source(
 
     ``source`` is a text file, a directory (every file matching ``pattern`` — a glob such as ``"*.py"`` — below
     it, recursively, sorted by path; hidden files and directories skipped; empty files skipped; one document
-    per file), a list of files, or a literal string. A string that is not an existing path is
+    per file), a list of files, ``PYDOC_TOPICS`` (``"stdlib:pydoc_topics"``, English prose on every machine), or a
+    literal string. A string that is not an existing path is
     text — unless it looks like a path (contains a path separator, starts with ``.``/``~``, or is a single
     word with a suffix such as ``corpus.txt``), in which case a missing path is an error, not text.
 
@@ -198,6 +216,7 @@ def read_text_source(
         FileNotFoundError: a path that does not exist.
         ValueError: an empty file, a directory without text files, or a binary / non-UTF-8 file (named).
     """
+    _check_max_bytes(max_bytes)
     parts = resolve_text_source(source, pattern=pattern)
     texts: list[list[str]] = [[] for _ in parts]
     for doc, piece in iter_text_pieces(parts, max_chars=max_bytes):
@@ -207,6 +226,11 @@ def read_text_source(
         for part, pieces in zip(parts, texts)
         if pieces
     ]
+
+
+def _check_max_bytes(max_bytes: object) -> None:
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+        raise ValueError(f"Expected max_bytes to be an int >= 1 or None (no limit), got {max_bytes!r}")
 
 
 # ---------------------------------------------------------------------------------------------- token cache

@@ -17,6 +17,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_rnn.data.corpus import (
     TokenCorpus,
+    _check_max_bytes,
     default_cache_dir,
     resolve_text_source,
     split_sizes,
@@ -287,8 +288,7 @@ class TextStreamDataModule(LightningDataModule):
         predict_split: str = "test",
     ) -> None:
         super().__init__()
-        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
-            raise ValueError(f"Expected max_bytes to be a positive int or None, got {max_bytes!r}")
+        _check_max_bytes(max_bytes)  # 0 or negative must not mean "everything"
         if predict_split not in _SPLITS:
             raise ValueError(f"Expected predict_split in {list(_SPLITS)}, got {predict_split!r}")
         if not isinstance(cache, bool):
@@ -468,9 +468,10 @@ class TextStreamDataModule(LightningDataModule):
     def _loader(self, split: str, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
         dataset = self.dataset(split)
         rank, world = self._rank_world()
-        return loader_class(
+        return loader_class(  # its own generator: no draw from the global RNG per epoch (exact resume)
             dataset,
             batch_size=None,  # items are whole (B, bptt) batches
+            generator=torch.Generator(),
             sampler=_InOrderStreamSampler(dataset, rank, world),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
