@@ -20,8 +20,13 @@ def _ids(n: int, length: int, seed: int = 0) -> torch.Tensor:
 
 
 def _flat(out) -> list[torch.Tensor]:
+    """The tensors of a nested output (tuples, dicts in order, None skipped), as an exported graph lists them."""
+    if out is None:
+        return []
     if isinstance(out, torch.Tensor):
         return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
     return [t for item in out for t in _flat(item)]
 
 
