@@ -1,4 +1,4 @@
-"""Per-step cost of AdaptiveGradientClipping on a 2x512 LSTM language-model step inside Trainer.fit.
+"""Per-step cost of AdaptiveGradientClipping on an LSTM language-model step (2x512 by default) inside Trainer.fit.
 
 Two measurements, one run, configurations interleaved (round-robin short fits), medians:
 
@@ -9,9 +9,15 @@ Two measurements, one run, configurations interleaved (round-robin short fits), 
 Times are process CPU time (``time.process_time``, all threads) by default, which a busy shared machine
 distorts far less than wall-clock time; ``--clock wall`` for wall-clock time.
 
+The callback logs with one ``log_dict`` call per optimizer step and lets Lightning decide which steps reach
+the loggers. ``--stub-logging`` replaces that call by a no-op: the difference is what the logging costs.
+On a small model (``--hidden 64 --layers 1``) a step is short, so the same cost is a larger share of it.
+
 Usage:
     python benchmarks/clip_overhead.py            # 3 rounds x 8 steps per configuration, a few min on 2 cores
     python benchmarks/clip_overhead.py --quick    # seconds
+    python benchmarks/clip_overhead.py --rounds 3 --steps 8 --length 64 --clock wall [--stub-logging]
+    python benchmarks/clip_overhead.py --hidden 64 --layers 1 --steps 40 [--stub-logging]   # small model
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ class TimedClip(AdaptiveGradientClipping):
 LOG_EVERY = 50  # Trainer(log_every_n_steps); --log-every-n-steps 1 logs on every step
 
 
+HIDDEN, LAYERS = 512, 2
+
+
 def fit_once(
     clip: TimedClip | None, steps: int, batch: int, length: int, seed: int
 ) -> tuple[list[float], list[float]]:
@@ -102,7 +111,7 @@ def fit_once(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(LSTMLM(), data)
+    trainer.fit(LSTMLM(HIDDEN, LAYERS), data)
     skip = 2  # warm-up steps (allocator, oneDNN primitive creation)
     return timer.times[skip:], (clip.hook_times[skip:] if clip is not None else [])
 
@@ -116,14 +125,17 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=None)
     parser.add_argument("--clock", choices=["process", "wall"], default="process")
     parser.add_argument("--stub-logging", action="store_true",
-                        help="replace the callback's logging by a no-op (what its `log` calls cost)")
+                        help="replace the callback's logging by a no-op (what its `log_dict` call costs)")
     parser.add_argument("--log-every-n-steps", type=int, default=50, help="Trainer(log_every_n_steps)")
+    parser.add_argument("--hidden", type=int, default=512, help="LSTM units (and embedding size)")
+    parser.add_argument("--layers", type=int, default=2, help="LSTM layers")
     args = parser.parse_args()
     if args.stub_logging:
         AdaptiveGradientClipping._log = lambda *a, **k: None  # type: ignore[method-assign]
-    global CLOCK, LOG_EVERY
+    global CLOCK, LOG_EVERY, HIDDEN, LAYERS
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     LOG_EVERY = args.log_every_n_steps
+    HIDDEN, LAYERS = args.hidden, args.layers
     rounds = args.rounds or (1 if args.quick else 3)
     steps = args.steps or (3 if args.quick else 8)
     length = args.length or (16 if args.quick else 32)
@@ -153,8 +165,9 @@ def main() -> None:
             )
 
     base = statistics.median(step_times["no callback"])
+    logging_note = "logging stubbed" if args.stub_logging else "one log_dict per step"
     print(
-        f"2x512 LSTM LM (vocab {VOCAB}), batch {args.batch} x length {length}, SGD, CPU threads "
+        f"{LAYERS}x{HIDDEN} LSTM LM (vocab {VOCAB}), batch {args.batch} x length {length}, SGD, {logging_note}, CPU threads "
         f"{torch.get_num_threads()}; {rounds} rounds x {steps} steps per configuration, medians of "
         f"{args.clock} time"
     )

@@ -157,14 +157,12 @@ def run_one(cell: str, length: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def save_figure(results: list[dict[str, Any]], lengths: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot, no global backend change
 
     colors = {"rnn": "C3", "gru": "C0", "lstm": "C2"}
     names = {"rnn": "tanh RNN", "gru": "GRU", "lstm": "LSTM"}
-    fig, axes = plt.subplots(1, len(lengths) + 1, figsize=(4.0 * (len(lengths) + 1), 3.3), dpi=100)
+    fig = Figure(figsize=(4.0 * (len(lengths) + 1), 3.3), dpi=100)
+    axes = fig.subplots(1, len(lengths) + 1)
     for ax, length in zip(axes, lengths):
         for r in results:
             if r["T"] == length:
@@ -190,7 +188,6 @@ def save_figure(results: list[dict[str, Any]], lengths: list[int], path: Path) -
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

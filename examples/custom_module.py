@@ -134,17 +134,15 @@ class History(Callback):
 
 def save_figure(model: SineForecaster, data: SineData, history: History, path: Path, mse: float,
                 baseline: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot, no global backend change
 
     x, y = data.val_set.tensors
     model.eval()
     with torch.no_grad():
         pred, _ = model(x[:1])
     n = min(300, x.shape[1])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.2), dpi=100, gridspec_kw={"width_ratios": [2, 1, 1]})
+    fig = Figure(figsize=(15, 3.2), dpi=100)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [2, 1, 1]})
     ax = axes[0]
     ax.plot(x[0, :n, 0], lw=0.8, color="0.7", label="input (noisy)")
     ax.plot(y[0, :n, 0], lw=1.5, color="k", label="target (clean, 5 steps ahead)")
@@ -170,7 +168,6 @@ def save_figure(model: SineForecaster, data: SineData, history: History, path: P
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

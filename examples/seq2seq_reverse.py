@@ -121,12 +121,10 @@ def main() -> None:
     if args.quick:
         return
 
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot, no global backend change
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 0.8]})
     for m, res in results.items():
         axes[0].plot(lengths, [res[n]["exact"] for n in lengths], marker="o", ms=3, label=m)
         axes[1].plot(lengths, [100 * res[n]["bleu"] for n in lengths], marker="o", ms=3, label=m)

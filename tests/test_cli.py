@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from lightning_rnn.cli import VOCAB_KEY, main
+from lightning_rnn.cli.vocab import vocab_from_checkpoint
 from lightning_rnn.data import CharVocab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +92,12 @@ def test_fit_prints_report_and_checkpoint_holds_vocab(fitted: dict) -> None:
     bits = float(out.split("validation bits per char (best checkpoint):")[1].split()[0])
     ckpts = list((fitted["dir"] / "runs").rglob("best.ckpt"))
     assert len(ckpts) == 1
-    ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=True)
     # the reported bits are the checkpoint's val/loss in bits
     score = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")][0]["best_model_score"]
     assert bits == pytest.approx(float(score) / torch.log(torch.tensor(2.0)).item(), abs=1e-3)
-    vocab = CharVocab.from_dict(ckpt[VOCAB_KEY]["state"])
+    vocab = vocab_from_checkpoint(ckpt)
+    assert ckpt["TextStreamDataModule"]["vocab"] == vocab.to_dict()  # the data module's own state
     assert set("def ") <= set(vocab.itos) and set(vocab.itos) - {"<unk>"} <= set(fitted["corpus"].read_text())
     assert ckpt["hyper_parameters"]["vocab_size"] == len(vocab)  # linked from the data module
     assert "sample (temperature" in out and "W&B run:" in out and str(ckpts[0].resolve()) in out

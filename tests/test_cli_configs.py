@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from lightning_rnn import RNNClassifier, RNNTagger, Seq2SeqAttention
-from lightning_rnn.cli import VOCAB_KEY, cli_main, main
-from lightning_rnn.data import CharVocab
+from lightning_rnn.cli import cli_main, main
+from lightning_rnn.cli.vocab import vocab_from_checkpoint
 
 from .test_cli import _error_line
 
@@ -114,13 +114,13 @@ def test_fit_links_sizes_logs_metric_and_checkpoints(name: str, tmp_path: Path, 
     assert ckpt_cb.monitor == monitor and ckpt_cb.best_model_score is not None
     best = Path(ckpt_cb.best_model_path)
     assert best.name == "best.ckpt" and best.is_file()
-    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
     for arg in linked:
         assert ckpt["hyper_parameters"][arg] == getattr(dm, DATA_ATTR[arg])
-    reloaded = model_class.load_from_checkpoint(best, map_location="cpu")  # the checkpoint stands alone
+    reloaded = model_class.load_from_checkpoint(best, map_location="cpu", weights_only=True)  # the checkpoint stands alone
     assert reloaded.hparams[linked[0]] == model.hparams[linked[0]]
     if name == "classify_code":  # the character vocabulary travels with the checkpoint
-        assert CharVocab.from_dict(ckpt[VOCAB_KEY]["state"]) == dm.vocab
+        assert vocab_from_checkpoint(ckpt) == dm.vocab
     out = capsys.readouterr().out
     score = float(ckpt_cb.best_model_score)
     assert f"best {monitor} (best checkpoint): {score:.4f}" in out
@@ -128,6 +128,7 @@ def test_fit_links_sizes_logs_metric_and_checkpoints(name: str, tmp_path: Path, 
     assert "bits per" not in out and "sample (temperature" not in out
 
 
+@pytest.mark.slow  # fast: the in-process fits above, the W&B run of tests/test_cli.py
 def test_wandb_run_of_a_config(tmp_path: Path) -> None:
     """The config's own W&B offline logger, in a fresh process (as tests/test_cli.py isolates W&B runs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -173,7 +174,7 @@ def test_data_module_without_a_linked_size_is_one_line_error(tmp_path: Path,
     }))
     line = _error_line(capsys, ["fit", "--config", str(config)])
     assert "lightning_rnn.data.ReversalDataModule" in line and "`num_classes`" in line
-    assert "Expected num_classes to be an int >= 2, got None" in line
+    assert "missing 1 required positional argument: 'num_classes'" in line
 
 
 @pytest.mark.parametrize("kind", ["missing", "no_tab", "one_class"])

@@ -69,11 +69,12 @@ def test_tagging_parity_quick(capsys: pytest.CaptureFixture[str]) -> None:
     mod = _load("tagging_parity")
     results = mod.main(["--quick"])
     assert set(results) == {("parity", 5), ("parity", 40), ("delay", 5), ("delay", 40)}
-    assert all(0.0 <= acc <= 1.0 for acc in results.values())
     out = capsys.readouterr().out
+    assert all(f"| {task} | {k} | {acc:.3f} |" in out for (task, k), acc in results.items())
     assert "| delay | 40 |" in out  # the Markdown table the README quotes
 
 
+@pytest.mark.slow  # fast: tests/modules/test_seq2seq.py::test_short_reversal_training_learns
 def test_seq2seq_reverse_quick(tmp_path: Path) -> None:
     import subprocess
 

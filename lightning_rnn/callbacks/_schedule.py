@@ -6,7 +6,16 @@ from lightning.pytorch import Trainer
 
 
 def logger_step(trainer: Trainer) -> int:
-    """The step Lightning itself logs training metrics at (what ``LearningRateMonitor`` uses)."""
+    """The step Lightning itself writes training metrics at, for callbacks that call ``logger.log_metrics``.
+
+    Metrics logged through ``pl_module.log`` / ``log_dict`` need none of this (Lightning picks the step and
+    which steps reach the loggers): prefer them. Writing to the loggers directly (images, tables, metrics
+    measured on another schedule) needs the step of Lightning's own rows, which no public property exposes:
+    this reads the private ``fit_loop.epoch_loop._batches_that_stepped`` (batches with an optimizer step; under
+    TBPTT a batch holds several optimizer steps, so ``trainer.global_step`` is another axis), as Lightning's
+    own ``LearningRateMonitor`` and ``DeviceStatsMonitor`` do. Tested with Lightning 2.6; if a version renames
+    it, ``trainer.global_step`` is used.
+    """
     return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
 
 

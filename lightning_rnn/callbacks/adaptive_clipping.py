@@ -1,7 +1,8 @@
-"""AdaptiveGradientClipping: AutoClip / ZClip / AGC as one Lightning callback."""
+"""AdaptiveGradientClipping: AutoClip / ZClip / AGC (or any ClipRule) as one Lightning callback."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -14,18 +15,26 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_rnn.callbacks._schedule import logger_step
 from lightning_rnn.functional.clipping import (
+    ClipRule,
     QuantileClipRule,
+    UnitwiseClipRule,
     ZScoreClipRule,
-    adaptive_clip_grad_,
-    clip_grads_,
+    clip_with_rule_,
+    clips_per_parameter,
     grad_norm,
 )
 
 __all__ = ["AdaptiveGradientClipping", "NonFiniteGradientError"]
 
-_MODES = ("quantile", "zscore", "agc")
+# The rules a `mode` name selects: mode -> (rule class, {rule argument: the callback argument that sets it}).
+# The callback arguments, in this order, also make the `state_key`. A named rule is one class + one line here.
+_NAMED_RULES: dict[str, tuple[type[ClipRule], dict[str, str]]] = {
+    "quantile": (QuantileClipRule, {"quantile": "quantile", "window": "window"}),
+    "zscore": (ZScoreClipRule, {"z_threshold": "z_threshold", "alpha": "alpha", "warmup_steps": "warmup_steps"}),
+    "agc": (UnitwiseClipRule, {"clip_factor": "agc_lambda", "eps": "agc_eps"}),
+}
+_MODES = tuple(_NAMED_RULES)
 # Under fp16 AMP the GradScaler starts at a scale of 2**16 and halves it after each overflowing step; before
 # the first finite step these overflows are its search for a scale, not a failure: allow down to a scale of 1.
 _SCALER_SEARCH_STEPS = 16
@@ -53,7 +62,7 @@ class NonFiniteGradientError(RuntimeError):
 class _OptimizerClipState:
     """History and counters of one optimizer (a callback may be called for several)."""
 
-    def __init__(self, rule: QuantileClipRule | ZScoreClipRule | None, log_window: int) -> None:
+    def __init__(self, rule: ClipRule, log_window: int) -> None:
         self.rule = rule
         self.steps = 0  # finite steps seen
         self.clipped_steps = 0
@@ -63,7 +72,7 @@ class _OptimizerClipState:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "rule": self.rule.state_dict() if self.rule is not None else {},
+            "rule": self.rule.state_dict(),
             "steps": self.steps,
             "clipped_steps": self.clipped_steps,
             "nonfinite_steps": self.nonfinite_steps,
@@ -72,8 +81,7 @@ class _OptimizerClipState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.rule is not None:
-            self.rule.load_state_dict(state.get("rule", {}))
+        self.rule.load_state_dict(state.get("rule", {}))
         self.steps = int(state.get("steps", 0))
         self.clipped_steps = int(state.get("clipped_steps", 0))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
@@ -86,7 +94,8 @@ class _OptimizerClipState:
 class AdaptiveGradientClipping(Callback):
     r"""Clips the gradient norm at a threshold that adapts to the run, in any Lightning training loop.
 
-    Modes (the maths lives in :mod:`lightning_rnn.functional.clipping`):
+    Modes, each a :class:`~lightning_rnn.functional.clipping.ClipRule` (the maths lives in
+    :mod:`lightning_rnn.functional.clipping`):
 
     * ``"quantile"`` (AutoClip, Seetharaman et al. 2020): the threshold is the ``quantile`` of the last
       ``window`` pre-clip global norms, the current one included. The paper's best percentile is p = 10,
@@ -98,6 +107,10 @@ class AdaptiveGradientClipping(Callback):
       biases and scalars as a whole) has its gradient clipped to ``agc_lambda``·max(‖W_i‖, ``agc_eps``).
       The output layer is left alone: by default the last ``nn.Linear`` registered in the module;
       ``agc_exclude`` takes parameter-name prefixes instead (``[]`` clips every parameter).
+    * a :class:`~lightning_rnn.functional.clipping.ClipRule` object: your own rule (one subclass with a
+      ``step(norm) -> threshold`` method; ``clip_`` for per-parameter clipping, which ``agc_exclude``
+      applies to as for AGC). With several optimizers the first one uses the object itself, each further
+      one a copy of the object as it was passed.
 
     ``max_norm`` adds a hard ceiling on the global norm in every mode (also during warm-up).
 
@@ -116,21 +129,24 @@ class AdaptiveGradientClipping(Callback):
     ``max_nonfinite_steps`` consecutive ones :class:`NonFiniteGradientError` stops training. Under fp16
     AMP, overflowing steps before the first finite one are the GradScaler's search for a scale (it starts at
     2**16 and halves per overflow): 16 more are allowed then. The scaler skips overflowing steps itself.
+    On a :class:`~lightning_rnn.TBPTTModule` the engine itself skips a chunk whose loss or gradient is
+    non-finite before ``optimizer.step()`` (counting it in ``train/skipped_steps``, resetting the carried
+    state's NaN rows, stopping after ``max_consecutive_skips``), so this callback never sees those steps; its
+    own skip then only covers the GradScaler's overflowing steps, and modules without the engine.
 
-    Logged through ``pl_module.log`` on the batches whose step metrics Lightning writes to the loggers
-    (every ``Trainer(log_every_n_steps)`` batches), on the first and the last batch of the fit, and on every
-    skipped (non-finite) step, and at the end of a batch in which training was stopped — not on the other
-    steps, whose values no logger would receive (each ``log`` call costs ~0.4 ms, as much as the clipping
-    itself). A stop decided by a callback that runs after this one in ``on_train_batch_end`` (Lightning's
-    ``max_time`` Timer) is not seen: that last row repeats the latest logged value. So ``trainer.callback_metrics`` holds the latest
-    logged step; :attr:`last_norm` / :attr:`last_threshold` always hold the current one. Keys:
+    Logged with one ``pl_module.log_dict(..., on_step=True)`` per optimizer step; Lightning decides which
+    steps reach the loggers (every ``Trainer(log_every_n_steps)`` batches, and the batch in which training
+    stops, with the values of that batch's last optimizer step). ``trainer.callback_metrics`` and
+    :attr:`last_norm` / :attr:`last_threshold` / :attr:`last_clipped` hold the latest step. Keys:
     ``grad_clip/norm`` (pre-clip global norm), ``grad_clip/threshold`` (the
     norm the gradients are clipped to when above it; omitted while it is infinite, e.g. in warm-up),
     ``grad_clip/clipped`` (fraction of the last ``log_every_n_steps`` optimizer steps that were clipped),
     ``grad_clip/nonfinite_steps`` (total skipped). With several optimizers the keys get ``/opt{i}``.
 
     Args:
-        mode: ``"quantile"``, ``"zscore"`` or ``"agc"``.
+        mode: ``"quantile"``, ``"zscore"``, ``"agc"``, or a
+            :class:`~lightning_rnn.functional.clipping.ClipRule` object (then the arguments of the named
+            rules below are not used).
         quantile: AutoClip's quantile in ``(0, 1]``.
         window: number of recent norms AutoClip keeps (``None``: all of them, slower every step).
         warmup_steps: ZClip's warm-up (steps collected before clipping starts), ``>= 0``.
@@ -156,11 +172,27 @@ class AdaptiveGradientClipping(Callback):
         >>> clip = AdaptiveGradientClipping("zscore", z_threshold=2.5, max_norm=10.0)
         >>> trainer = pl.Trainer(callbacks=[clip], max_epochs=1, logger=False, enable_checkpointing=False,
         ...                      enable_progress_bar=False, enable_model_summary=False)
+
+        Your own rule: a subclass of ``ClipRule``, passed as ``mode``:
+
+        >>> from lightning_rnn.functional import ClipRule
+        >>> class TwiceTheMean(ClipRule):
+        ...     "Clips to twice the running mean of the norms (the current one included)."
+        ...     def __init__(self) -> None:
+        ...         self.total, self.count = 0.0, 0
+        ...     def step(self, norm: float) -> float:
+        ...         self.total, self.count = self.total + norm, self.count + 1
+        ...         return 2.0 * self.total / self.count
+        ...     def state_dict(self):
+        ...         return {"total": self.total, "count": self.count}
+        ...     def load_state_dict(self, state):
+        ...         self.total, self.count = state.get("total", 0.0), state.get("count", 0)
+        >>> clip = AdaptiveGradientClipping(TwiceTheMean(), max_norm=10.0)
     """
 
     def __init__(
         self,
-        mode: str = "quantile",
+        mode: str | ClipRule = "quantile",
         *,
         quantile: float = 0.1,
         window: int | None = 1000,
@@ -175,8 +207,8 @@ class AdaptiveGradientClipping(Callback):
         max_nonfinite_steps: int = 10,
         log_every_n_steps: int | None = None,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"Expected mode to be one of {_MODES}, got {mode!r}")
+        if not isinstance(mode, ClipRule) and (not isinstance(mode, str) or mode not in _MODES):
+            raise ValueError(f"Expected mode to be one of {_MODES} or a ClipRule object, got {mode!r}")
         if not isinstance(quantile, (int, float)) or not 0.0 < quantile <= 1.0:
             raise ValueError(f"Expected quantile in (0, 1], got {quantile!r}")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
@@ -216,7 +248,9 @@ class AdaptiveGradientClipping(Callback):
                 f"Expected log_every_n_steps to be None or an int >= 1, got {log_every_n_steps!r}"
             )
 
-        self.mode = mode
+        # `mode` is the rule's name: a named rule's, or the class name of a rule object.
+        self.mode: str = mode if isinstance(mode, str) else type(mode).__name__
+        self._rule_object = mode if isinstance(mode, ClipRule) else None
         self.quantile = float(quantile)
         self.window = window
         self.warmup_steps = warmup_steps
@@ -230,49 +264,42 @@ class AdaptiveGradientClipping(Callback):
         self.max_nonfinite_steps = max_nonfinite_steps
         self.log_every_n_steps = log_every_n_steps
 
+        # The rule every optimizer's own rule starts as (a rule object is copied before any step changes it).
+        self._rule_template = copy.deepcopy(self._rule_object) if self._rule_object is not None else self._named_rule()
         self._states: dict[int, _OptimizerClipState] = {}
         self._log_window = log_every_n_steps or 50
-        self._agc_skip: set[int] = set()  # ids of parameters AGC leaves alone
+        self._agc_skip: set[int] = set()  # ids of parameters the rule's per-parameter clip (AGC) leaves alone
         # Last step's decision (for inspection and tests): pre-clip norm, threshold, clipped.
         self.last_norm: float | None = None
         self.last_threshold: float | None = None
         self.last_clipped: bool = False
-        # per optimizer: (norm, threshold) of the step whose logging was held back (see `_log`)
-        self._pending: dict[int, tuple[float, float | None]] = {}
 
     # ------------------------------------------------------------------ identity and state
     @property
     @override
     def state_key(self) -> str:
-        if self.mode == "quantile":
-            return self._generate_state_key(
-                mode=self.mode, quantile=self.quantile, window=self.window, max_norm=self.max_norm
-            )
-        if self.mode == "zscore":
-            return self._generate_state_key(
-                mode=self.mode,
-                z_threshold=self.z_threshold,
-                alpha=self.alpha,
-                warmup_steps=self.warmup_steps,
-                max_norm=self.max_norm,
-            )
-        return self._generate_state_key(
-            mode=self.mode, agc_lambda=self.agc_lambda, agc_eps=self.agc_eps, max_norm=self.max_norm
-        )
+        # The class name and the arguments that make a rule, in the format of Lightning's own callbacks.
+        if self._rule_object is not None:
+            key: dict[str, Any] = {"mode": self.mode, "rule": repr(self._rule_template), "max_norm": self.max_norm}
+        else:
+            _, arguments = _NAMED_RULES[self.mode]
+            key = {"mode": self.mode, **{name: getattr(self, name) for name in arguments.values()}}
+            key["max_norm"] = self.max_norm
+        return f"{type(self).__qualname__}{key!r}"
 
-    def _make_rule(self) -> QuantileClipRule | ZScoreClipRule | None:
-        if self.mode == "quantile":
-            return QuantileClipRule(quantile=self.quantile, window=self.window)
-        if self.mode == "zscore":
-            return ZScoreClipRule(
-                alpha=self.alpha, z_threshold=self.z_threshold, warmup_steps=self.warmup_steps
-            )
-        return None
+    def _named_rule(self) -> ClipRule:
+        rule_class, arguments = _NAMED_RULES[self.mode]
+        return rule_class(**{arg: getattr(self, name) for arg, name in arguments.items()})
+
+    def _make_rule(self, index: int) -> ClipRule:
+        if index == 0 and self._rule_object is not None:
+            return self._rule_object  # the user's object itself: its state is what they can inspect
+        return copy.deepcopy(self._rule_template)
 
     def _state(self, index: int) -> _OptimizerClipState:
         state = self._states.get(index)
         if state is None:
-            state = self._states[index] = _OptimizerClipState(self._make_rule(), self._log_window)
+            state = self._states[index] = _OptimizerClipState(self._make_rule(index), self._log_window)
         return state
 
     @override
@@ -294,6 +321,12 @@ class AdaptiveGradientClipping(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        clippers = [cb for cb in trainer.callbacks if isinstance(cb, AdaptiveGradientClipping)]
+        if len(clippers) > 1:
+            raise ValueError(
+                f"Expected one {type(self).__name__} callback per Trainer, got {len(clippers)}: each would clip the "
+                "same gradients again. Keep one."
+            )
         trainer_clip = trainer.gradient_clip_val
         if trainer_clip is not None and trainer_clip > 0:
             raise ValueError(
@@ -318,7 +351,7 @@ class AdaptiveGradientClipping(Callback):
         self._log_window = self.log_every_n_steps or max(int(trainer.log_every_n_steps or 0), 1)
         for state in self._states.values():
             state.recent_clipped = deque(state.recent_clipped, maxlen=self._log_window)
-        if self.mode == "agc":
+        if clips_per_parameter(self._rule_template):
             self._agc_skip = self._resolve_agc_exclude(pl_module)
 
     def _resolve_agc_exclude(self, pl_module: nn.Module) -> set[int]:
@@ -326,12 +359,13 @@ class AdaptiveGradientClipping(Callback):
             linears = [name for name, m in pl_module.named_modules() if isinstance(m, nn.Linear)]
             if not linears:
                 rank_zero_info(
-                    f"{type(self).__name__}(mode='agc'): no nn.Linear found; AGC clips every parameter."
+                    f"{type(self).__name__}(mode={self.mode!r}): no nn.Linear found; the rule's per-parameter "
+                    "clipping covers every parameter."
                 )
                 return set()
             prefixes = [f"{linears[-1]}." if linears[-1] else ""]
             rank_zero_info(
-                f"{type(self).__name__}(mode='agc'): leaving the output layer {linears[-1]!r} unclipped "
+                f"{type(self).__name__}(mode={self.mode!r}): leaving the output layer {linears[-1]!r} unclipped "
                 "(pass agc_exclude=[...] to choose other parameter-name prefixes, [] for none)."
             )
         else:
@@ -350,9 +384,8 @@ class AdaptiveGradientClipping(Callback):
             return
         index = next((i for i, opt in enumerate(trainer.optimizers) if opt is optimizer), 0)
         state = self._state(index)
-        grads = [p.grad for p in params]
 
-        norm_t = grad_norm(grads, self.norm_type).float()
+        norm_t = grad_norm([p.grad for p in params], self.norm_type).float()
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             # All-reduced gradients make the norm equal on every rank in exact arithmetic; taking the max
             # (one scalar collective) makes it equal bit for bit, so histories and decisions never drift.
@@ -362,72 +395,48 @@ class AdaptiveGradientClipping(Callback):
         self.last_norm = norm
 
         if not math.isfinite(norm):
-            for p in params:
-                p.grad = None  # optimizer.step() skips these parameters: the step changes nothing
-            state.nonfinite_steps += 1
-            state.consecutive_nonfinite += 1
-            state.recent_clipped.append(False)
-            self.last_threshold, self.last_clipped = None, False
-            self._log(trainer, pl_module, index, state, norm, None)
-            limit = self.max_nonfinite_steps
-            if state.steps == 0 and getattr(trainer.precision_plugin, "scaler", None) is not None:
-                limit += _SCALER_SEARCH_STEPS  # fp16 GradScaler still halving its initial scale
-            if state.consecutive_nonfinite >= limit:
-                raise NonFiniteGradientError(trainer.global_step, norm, state.consecutive_nonfinite)
+            self._skip_nonfinite_step(trainer, pl_module, params, index, state, norm)
             return
         state.consecutive_nonfinite = 0
         state.steps += 1
 
-        if self.mode == "agc":
-            skip = self._agc_skip
-            clipped_units = adaptive_clip_grad_(
-                (p for p in params if id(p) not in skip), self.agc_lambda, self.agc_eps, self.norm_type
-            )
-            clipped = bool(clipped_units > 0)
-            threshold = math.inf if self.max_norm is None else self.max_norm
-            if self.max_norm is not None:
-                post = float(grad_norm(grads, self.norm_type)) if clipped else norm
-                clipped = clip_grads_(grads, self.max_norm, post) or clipped
-        else:
-            rule = state.rule
-            if rule is None:  # pragma: no cover - quantile and zscore always build a rule
-                raise RuntimeError(f"No threshold rule for mode {self.mode!r}")
-            threshold = rule.step(norm)
-            if self.max_norm is not None:
-                threshold = min(threshold, self.max_norm)
-            clipped = clip_grads_(grads, threshold, norm)
-
+        skip = self._agc_skip
+        threshold, clipped = clip_with_rule_(
+            state.rule,
+            params,
+            norm,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            rule_parameters=[p for p in params if id(p) not in skip] if skip else None,
+        )
         state.clipped_steps += int(clipped)
         state.recent_clipped.append(clipped)
         self.last_threshold = threshold if math.isfinite(threshold) else None
         self.last_clipped = clipped
         self._log(trainer, pl_module, index, state, norm, self.last_threshold)
 
-    @staticmethod
-    def _writes_this_batch(trainer: pl.Trainer) -> bool:
-        """Whether Lightning writes this batch's step metrics to the loggers (its ``log_every_n_steps``
-        schedule), or the batch is the first or the last of the fit."""
-        batch = logger_step(trainer)  # batches that stepped before this one
-        every = int(trainer.log_every_n_steps or 0)
-        if batch == 0 or trainer.should_stop or (every > 0 and (batch + 1) % every == 0):
-            return True
-        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step + 1:
-            return True
-        loop = trainer.fit_loop
-        max_epochs = trainer.max_epochs
-        last_epoch = max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
-        return bool(last_epoch and loop.epoch_loop.batch_progress.is_last_batch)
-
-    @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    def _skip_nonfinite_step(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        params: list[torch.Tensor],
+        index: int,
+        state: _OptimizerClipState,
+        norm: float,
     ) -> None:
-        # Lightning also writes a batch's step metrics when training was stopped during it (after our last
-        # hook call): log the values held back so that row is not a stale earlier value.
-        if trainer.should_stop:
-            for index, (norm, threshold) in list(self._pending.items()):  # _log pops them
-                self._log(trainer, pl_module, index, self._state(index), norm, threshold, force=True)
-        self._pending.clear()
+        """A non-finite norm: drop the gradients (the step changes nothing), count it, raise after too many."""
+        for p in params:
+            p.grad = None  # optimizer.step() skips these parameters: the step changes nothing
+        state.nonfinite_steps += 1
+        state.consecutive_nonfinite += 1
+        state.recent_clipped.append(False)
+        self.last_threshold, self.last_clipped = None, False
+        self._log(trainer, pl_module, index, state, norm, None)
+        limit = self.max_nonfinite_steps
+        if state.steps == 0 and getattr(trainer.precision_plugin, "scaler", None) is not None:
+            limit += _SCALER_SEARCH_STEPS  # fp16 GradScaler still halving its initial scale
+        if state.consecutive_nonfinite >= limit:
+            raise NonFiniteGradientError(trainer.global_step, norm, state.consecutive_nonfinite)
 
     def _log(
         self,
@@ -437,14 +446,8 @@ class AdaptiveGradientClipping(Callback):
         state: _OptimizerClipState,
         norm: float,
         threshold: float | None,
-        force: bool = False,
     ) -> None:
-        if getattr(pl_module, "_trainer", None) is None:
-            return
-        if not force and math.isfinite(norm) and not self._writes_this_batch(trainer):
-            self._pending[index] = (norm, threshold)  # logged at batch end if training stops there
-            return  # Lightning would not write this step's values: skip the ~0.4 ms per `log` call
-        self._pending.pop(index, None)
+        """One ``log_dict`` per optimizer step: Lightning decides which steps reach the loggers."""
         suffix = f"/opt{index}" if len(trainer.optimizers) > 1 else ""
         window = state.recent_clipped
         values = {
@@ -454,5 +457,6 @@ class AdaptiveGradientClipping(Callback):
         }
         if threshold is not None:
             values["grad_clip/threshold"] = threshold
-        for key, value in values.items():
-            pl_module.log(key + suffix, value, on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log_dict(
+            {key + suffix: value for key, value in values.items()}, on_step=True, on_epoch=False, batch_size=1
+        )

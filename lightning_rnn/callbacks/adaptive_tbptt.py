@@ -10,7 +10,8 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from typing_extensions import override
 
 from lightning_rnn.callbacks._schedule import next_bucket
-from lightning_rnn.callbacks.gradient_flow import GradientFlowMonitor
+from lightning_rnn.callbacks.gradient_flow import on_rank_zero, probe_support_error, warn_probe_result
+from lightning_rnn.functional.gradient_flow import measure_gradient_flow
 from lightning_rnn.functional.tbptt import batch_time_length
 from lightning_rnn.functional.truncation import choose_truncation
 from lightning_rnn.modules.tbptt import TBPTTModule
@@ -30,9 +31,10 @@ class AdaptiveTBPTT(Callback):
     module makes one per chunk, several per batch — the check runs at the end of each training batch
     and fires when ``global_step`` has crossed a multiple of ``every_n_steps``; also at the first batch)
     it measures the per-lag gradient norms G(k) = ‖∂L_t/∂h_{t−k}‖, k = 0..M, on the current training
-    batch, with the same probe as :class:`~lightning_rnn.callbacks.GradientFlowMonitor` (the module's
-    ``gradient_flow_probe``; eval mode, RNG forked and restored, ``.grad`` untouched, so training is not
-    disturbed). From the curve it fits a geometric tail and picks the smallest K in
+    batch, with the same probe as :class:`~lightning_rnn.callbacks.GradientFlowMonitor`
+    (:func:`~lightning_rnn.functional.measure_gradient_flow`: the module's ``gradient_flow_probe``, by default
+    derived from its ``tbptt_step``; training mode with dropout off, RNG forked and restored, ``.grad``
+    untouched, so training is not disturbed). From the curve it fits a geometric tail and picks the smallest K in
     [``min_steps``, ``max_steps``] whose estimated relative truncation bias
     Σ_{k>K} G(k) / Σ_k G(k) is below ``bias_bound``
     (:func:`~lightning_rnn.functional.truncation.choose_truncation`). The module's ``tbptt_steps`` then
@@ -79,7 +81,8 @@ class AdaptiveTBPTT(Callback):
 
     Raises:
         ValueError: bad arguments (here).
-        TypeError: the LightningModule is not a ``TBPTTModule`` or has no ``gradient_flow_probe`` (at setup).
+        TypeError: at setup, the LightningModule is not a ``TBPTTModule`` (e.g. ``Seq2SeqAttention``) or its
+            default probe cannot run step by step (a bidirectional recurrent layer).
 
     Example::
 
@@ -131,11 +134,17 @@ class AdaptiveTBPTT(Callback):
         self.tail_fraction = float(tail_fraction)
         self.floor = float(floor)
         self.probe_batch = probe_batch
-        # the probe protocol (eval mode, RNG fork, .grad untouched, clamping) lives in GradientFlowMonitor
-        self._monitor = GradientFlowMonitor(
-            every_n_steps=every_n_steps, max_lag=self.probe_steps, num_targets=num_targets,
-            backward_passes=backward_passes, probe_batch=probe_batch, heatmap=False,
-        )
+        if num_targets is not None and (
+            isinstance(num_targets, bool) or not isinstance(num_targets, int) or num_targets < 1
+        ):
+            raise ValueError(f"Expected num_targets to be an int >= 1 or None, got {num_targets!r}")
+        if backward_passes is not None and (
+            isinstance(backward_passes, bool) or not isinstance(backward_passes, int) or backward_passes < 1
+        ):
+            raise ValueError(f"Expected backward_passes to be an int >= 1 or None, got {backward_passes!r}")
+        self.num_targets = num_targets
+        self.backward_passes = backward_passes
+        self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []  #: one entry per probe: step, target, steps, bias, rate
         self._k_ema: float | None = None
         self._steps: int | None = None  # the k this callback last set
@@ -148,7 +157,8 @@ class AdaptiveTBPTT(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(bias_bound=self.bias_bound, min_steps=self.min_steps, max_steps=self.max_steps)
+        key = dict(bias_bound=self.bias_bound, min_steps=self.min_steps, max_steps=self.max_steps)
+        return f"{type(self).__qualname__}{key!r}"  # the format of Lightning's own callbacks
 
     @property
     def steps(self) -> int | None:
@@ -160,17 +170,12 @@ class AdaptiveTBPTT(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not isinstance(pl_module, TBPTTModule):
             raise TypeError(
-                f"Expected a TBPTTModule (lightning_rnn.TBPTTModule or a subclass such as RNNLanguageModel) for "
-                f"AdaptiveTBPTT, got {type(pl_module).__name__}: only a TBPTT module has a truncation length "
-                "(`tbptt_steps`) to adapt."
+                f"AdaptiveTBPTT adapts the truncation length (`tbptt_steps`) of a lightning_rnn TBPTTModule, and "
+                f"{type(pl_module).__name__} is not one (it has no truncation length to adapt)."
             )
-        if not callable(getattr(pl_module, "gradient_flow_probe", None)):
-            raise TypeError(
-                f"Expected {type(pl_module).__name__} to implement `gradient_flow_probe(batch, max_steps=None) -> "
-                "(step_states, step_losses)` for AdaptiveTBPTT (it measures how far back gradients reach): return "
-                "the state after every step (e.g. RNNStack.forward_steps) and the (N, L) per-step losses; see "
-                "lightning_rnn.functional.gradient_flow.SupportsGradientFlowProbe"
-            )
+        error = probe_support_error(pl_module, type(self).__name__)
+        if error is not None:
+            raise TypeError(error)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -210,7 +215,11 @@ class AdaptiveTBPTT(Callback):
 
     def _decide(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> dict[str, Any] | None:
         source = batch if self.probe_batch is None else move_data_to_device(self.probe_batch, pl_module.device)
-        res = self._monitor.probe(pl_module, source)
+        res = measure_gradient_flow(
+            pl_module, source, max_lag=self.probe_steps, num_targets=self.num_targets,
+            backward_passes=self.backward_passes,
+        )
+        warn_probe_result(type(self).__name__, res, self.probe_steps, self._warned)
         if res is None:
             return None
         g0 = float(res.curve[0])
@@ -247,11 +256,11 @@ class AdaptiveTBPTT(Callback):
         if bucket is None:
             return
         self._last_bucket = bucket
-        decision = self._decide(trainer, pl_module, batch) if trainer.is_global_zero else None
-        if trainer.world_size > 1:  # every rank must split its batches identically, or DDP hangs
-            decision = trainer.strategy.broadcast(decision, src=0)
-            if decision is not None:
-                self._k_ema = decision["k_ema"]
+        # rank 0 decides; every rank must split its batches identically, or DDP hangs
+        decision = on_rank_zero(trainer, lambda: self._decide(trainer, pl_module, batch), type(self).__name__,
+                                share_result=True)
+        if trainer.world_size > 1 and decision is not None:
+            self._k_ema = decision["k_ema"]
         if decision is None:
             return
         module: TBPTTModule = pl_module  # type: ignore[assignment]

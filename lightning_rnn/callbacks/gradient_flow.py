@@ -2,54 +2,106 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch import nn
 from typing_extensions import override
 
 from lightning_rnn.callbacks._plotting import lag_step_heatmap
 from lightning_rnn.callbacks._schedule import logger_step, next_bucket
-from lightning_rnn.functional.gradient_flow import (
-    GradientFlowResult,
-    SupportsGradientFlowProbe,
-    per_lag_gradient_norms,
-)
+from lightning_rnn.functional.gradient_flow import GradientFlowResult, measure_gradient_flow
+from lightning_rnn.modules.tbptt import TBPTTModule
+from lightning_rnn.nn.rnn import RNNStack
 
 __all__ = ["GradientFlowMonitor"]
 
 _DEFAULT_LOG_LAGS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-@contextlib.contextmanager
-def _native_cpu_rnn_kernels() -> Iterator[None]:
-    """Turn oneDNN off for the probe: its one-step RNN kernel reorders the weights and computes weight
-    gradients on every step's backward (~5x slower here); the native kernel's backward computes only the
-    state gradients asked for. Results agree to float rounding; restored afterwards."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
+def probe_support_error(pl_module: Any, callback: str) -> str | None:
+    """One sentence saying why ``callback`` cannot probe ``pl_module``, or None when it can."""
+    name = type(pl_module).__name__
+    if not callable(getattr(pl_module, "gradient_flow_probe", None)):
+        return (
+            f"{callback} measures per-lag gradient norms through a gradient-flow probe, and {name} has none: it is "
+            "not a lightning_rnn TBPTTModule (whose tbptt_step gives one by default) and defines no "
+            "`gradient_flow_probe(batch, max_steps=None) -> (step_states, step_losses)` (see "
+            "lightning_rnn.functional.gradient_flow.SupportsGradientFlowProbe)."
+        )
+    default = getattr(type(pl_module), "gradient_flow_probe", None) is TBPTTModule.gradient_flow_probe
+    if default and "gradient_flow_probe" not in vars(pl_module):
+        bidirectional = [
+            path for path, m in pl_module.named_modules()
+            if isinstance(m, (nn.RNNBase, RNNStack)) and m.bidirectional
+        ]
+        if bidirectional:
+            return (
+                f"{callback} cannot probe {name}: its default probe runs tbptt_step one time step at a time, which "
+                f"a bidirectional recurrent layer ({bidirectional[0]!r}) cannot do; use a unidirectional encoder "
+                "or override gradient_flow_probe."
+            )
+    return None
+
+
+def on_rank_zero(trainer: Trainer, fn: Callable[[], Any], callback: str, *, share_result: bool = False) -> Any:
+    """``fn()`` on global rank 0 (None elsewhere, or its result with ``share_result``), failing on every rank.
+
+    Under DDP an exception of the probe on rank 0 is raised on every rank — the others would otherwise wait
+    forever in the next collective — at the cost of one broadcast per call.
+    """
+    result, error = None, None
+    if trainer.is_global_zero:
+        try:
+            result = fn()
+        except Exception as exc:  # re-raised below, after the other ranks have been told
+            error = exc
+    if trainer.world_size > 1:
+        message = None if error is None else f"{type(error).__name__}: {error}"
+        shared, message = trainer.strategy.broadcast((result if share_result else None, message), src=0)
+        if message is not None and error is None:
+            raise RuntimeError(f"{callback}: the gradient-flow probe failed on global rank 0 ({message})")
+        if share_result:
+            result = shared
+    if error is not None:
+        raise error
+    return result
+
+
+def warn_probe_result(callback: str, res: GradientFlowResult | None, max_lag: int | None, warned: set[str]) -> None:
+    """Warn (once per kind, recorded in ``warned``) about a skipped probe or a clamped ``max_lag``."""
+    if res is None and "short" not in warned:
+        warned.add("short")
+        rank_zero_warn(
+            f"{callback}: skipped a probe with fewer than 2 steps or no step with a target (a loss that is not NaN); "
+            "a many-to-one model (e.g. RNNClassifier) has its loss at the end of each sequence: probe whole "
+            "sequences (max_lag=None, or a max_lag at least the sequence length). Warned once."
+        )
+    elif res is not None and max_lag is not None and res.max_lag < max_lag and "clamp" not in warned:
+        warned.add("clamp")
+        rank_zero_warn(
+            f"{callback}: the probe has {res.max_lag + 1} steps, fewer than max_lag + 1 = {max_lag + 1}; measuring "
+            f"lags up to {res.max_lag} instead (warned once). Use a longer probe batch or a smaller max_lag."
+        )
 
 
 class GradientFlowMonitor(Callback):
     r"""Measure how much gradient survives k steps back, and log it while training.
 
     Every ``every_n_steps`` optimizer steps (``trainer.global_step``; a truncated-BPTT module makes several
-    per batch; also at the first training batch) it runs a *probe*: the LightningModule's
+    per batch; also at the first training batch) it runs a *probe*
+    (:func:`~lightning_rnn.functional.measure_gradient_flow`): the LightningModule's
     ``gradient_flow_probe(batch, max_steps)`` (see
     :class:`~lightning_rnn.functional.gradient_flow.SupportsGradientFlowProbe`; every
-    ``lightning_rnn`` module has it) unrolls the model step by step over the same parameters and returns
-    the per-step states and per-step losses; :func:`~lightning_rnn.functional.per_lag_gradient_norms`
+    :class:`~lightning_rnn.TBPTTModule` has one, derived from its ``tbptt_step`` unless the module overrides
+    it) unrolls the model step by step over the same parameters and returns the per-step states and
+    per-step losses; :func:`~lightning_rnn.functional.per_lag_gradient_norms`
     turns them into G(k) = mean ‖∂L_t/∂h_{t−k}‖, k = 0..K. It logs to every logger of the Trainer:
 
     - ``gradient_flow/lag_<k>``: G(k)/G(0) for each k in ``log_lags`` that is <= K;
@@ -67,21 +119,25 @@ class GradientFlowMonitor(Callback):
 
     The probe batch is the current training batch (its first ``max_lag + num_targets`` steps; the module
     slices time itself), or ``probe_batch`` when given (fixed, moved to the module's device). The probe
-    runs in eval mode (**dropout off**; each submodule's mode is restored afterwards), under
-    ``torch.enable_grad()``, with the RNG state forked and restored, and differentiates with respect to
-    the states only: the training step's gradients, parameters' ``.grad`` and random stream are untouched
-    (a run with and without the monitor has the same loss trajectory). It uses the unrolled step-by-step
-    forward for the probe only; training keeps its fused kernel. It runs on global rank 0 only.
+    runs in **training mode with every dropout probability set to 0** (cuDNN refuses a backward through an
+    RNN forward run in eval mode; each submodule's mode and each dropout value are restored afterwards),
+    under ``torch.enable_grad()``, in full precision (outside autocast), with the RNG state forked and
+    restored, and differentiates with respect to the states only: the training step's gradients,
+    parameters' ``.grad`` and random stream are untouched (a run with and without the monitor has the same
+    loss trajectory). It changes no process-wide setting. It uses the unrolled step-by-step forward for the
+    probe only; training keeps its fused kernel. It runs on global rank 0 only.
 
     Args:
         every_n_steps: probe every this many optimizer steps.
-        max_lag: K, the largest lag; None: the probe length - 1 (the module's first chunk). If the probe
+        max_lag: K, the largest lag; None: the probe length - 1 (the whole batch is probed). If the probe
             is shorter than ``max_lag + 1`` steps, K is clamped to its length - 1 with a warning (once).
         eps: horizon threshold on G(k)/G(0), in (0, 1).
-        num_targets: target positions per probe; None: every position.
-        backward_passes: backward passes per probe. The default 1 deals the probe rows round-robin to the
-            target positions and differentiates once (cheapest); None: every row at every target, one
-            pass per target (``num_targets`` passes). See
+        num_targets: target positions per probe (among the positions that have a target); None: every one.
+        backward_passes: backward passes per probe of a module whose probe returns per-row losses
+            (``RNNLanguageModel``). The default 1 deals the probe rows round-robin to the target positions
+            and differentiates once (cheapest); None: every row at every target, one pass per target
+            (``num_targets`` passes). The default probe of a ``TBPTTModule`` (losses summed over rows) always
+            takes one pass per target. See
             :func:`~lightning_rnn.functional.per_lag_gradient_norms`.
         probe_batch: a fixed batch to probe instead of the current training batch.
         log_lags: the lags logged as scalars.
@@ -90,7 +146,9 @@ class GradientFlowMonitor(Callback):
 
     Raises:
         ValueError: bad arguments (here).
-        TypeError: the LightningModule has no ``gradient_flow_probe`` method (at ``setup``).
+        TypeError: at ``setup``, the LightningModule has no probe (not a ``TBPTTModule`` and no
+            ``gradient_flow_probe``, e.g. ``Seq2SeqAttention``), or its default probe cannot run step by step
+            (a bidirectional recurrent layer).
 
     Example::
 
@@ -139,23 +197,19 @@ class GradientFlowMonitor(Callback):
         self.history: list[dict[str, Any]] = []  #: one entry per probe: step, normalized curve, g0, horizon
         self.last: GradientFlowResult | None = None  #: the latest probe's result
         self._last_bucket: int | None = None
-        self._clamp_warned = False
-        self._g0_warned = False
+        self._warned: set[str] = set()
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps, max_lag=self.max_lag)
+        key = dict(every_n_steps=self.every_n_steps, max_lag=self.max_lag)
+        return f"{type(self).__qualname__}{key!r}"  # the format of Lightning's own callbacks
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "gradient_flow_probe", None)):
-            raise TypeError(
-                f"Expected a LightningModule with a `gradient_flow_probe(batch, max_steps=None) -> (step_states, "
-                f"step_losses)` method for GradientFlowMonitor, got {type(pl_module).__name__} without one. "
-                "Subclass a lightning_rnn module (TBPTTModule, RNNLanguageModel, ...) or implement the method: "
-                "see lightning_rnn.functional.gradient_flow.SupportsGradientFlowProbe"
-            )
+        error = probe_support_error(pl_module, type(self).__name__)
+        if error is not None:
+            raise TypeError(error)
 
     # ------------------------------------------------------------------ probing
     def _due(self, trainer: Trainer) -> bool:
@@ -166,54 +220,27 @@ class GradientFlowMonitor(Callback):
         return True
 
     def probe(self, pl_module: LightningModule, batch: Any) -> GradientFlowResult | None:
-        """Run one probe on ``batch`` (dropout off, RNG and modes restored) and return its result.
+        """Run one probe on ``batch`` and return its result (:func:`~lightning_rnn.functional.measure_gradient_flow`:
+        training mode with dropout off, RNG, modes and ``.grad`` untouched).
 
-        Returns None (with a warning) when the probe is shorter than 2 steps.
+        Returns None (with a warning) when the probe is shorter than 2 steps or has no target.
         """
-        module: SupportsGradientFlowProbe = pl_module  # type: ignore[assignment]
-        max_steps = None if self.max_lag is None else self.max_lag + (self.num_targets or 1)
-        modes = [(m, m.training) for m in pl_module.modules()]
-        device = pl_module.device
-        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices), torch.enable_grad(), _native_cpu_rnn_kernels():
-                pl_module.eval()
-                step_states, step_losses = module.gradient_flow_probe(batch, max_steps=max_steps)
-                length = int(step_losses.shape[1]) if step_losses.dim() == 2 else -1
-                if length < 2:
-                    rank_zero_warn(
-                        f"GradientFlowMonitor: skipped a probe of {length} step(s); expected step_losses of shape "
-                        "(N, L) with L >= 2"
-                    )
-                    return None
-                max_lag = length - 1 if self.max_lag is None else self.max_lag
-                if max_lag > length - 1:
-                    if not self._clamp_warned:
-                        self._clamp_warned = True
-                        rank_zero_warn(
-                            f"GradientFlowMonitor: the probe has {length} steps, fewer than max_lag + 1 = "
-                            f"{max_lag + 1}; measuring lags up to {length - 1} instead (warned once). Use a "
-                            "longer probe_batch or a smaller max_lag."
-                        )
-                    max_lag = length - 1
-                return per_lag_gradient_norms(
-                    step_states, step_losses.float(), max_lag, num_targets=self.num_targets,
-                    backward_passes=self.backward_passes, eps=self.eps, per_layer=self.per_layer,
-                )
-        finally:
-            for m, mode in modes:
-                m.training = mode
+        res = measure_gradient_flow(
+            pl_module, batch, max_lag=self.max_lag, num_targets=self.num_targets,
+            backward_passes=self.backward_passes, eps=self.eps, per_layer=self.per_layer,
+        )
+        warn_probe_result(type(self).__name__, res, self.max_lag, self._warned)
+        return res
 
     @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._due(trainer) or not trainer.is_global_zero:
+        if not self._due(trainer):
             return
         source = batch if self.probe_batch is None else move_data_to_device(self.probe_batch, pl_module.device)
-        res = self.probe(pl_module, source)
-        if res is None:
+        res = on_rank_zero(trainer, lambda: self.probe(pl_module, source), type(self).__name__)
+        if res is None:  # not rank 0, or a skipped probe
             return
         self.last = res
         k_max = res.max_lag
@@ -225,8 +252,8 @@ class GradientFlowMonitor(Callback):
             "g0": float(res.curve[0]),
             "horizon": horizon,
         })
-        if not math.isfinite(normalized[0]) and not self._g0_warned:
-            self._g0_warned = True
+        if not math.isfinite(normalized[0]) and "g0" not in self._warned:
+            self._warned.add("g0")
             rank_zero_warn(
                 "GradientFlowMonitor: G(0) = ‖∂L_t/∂h_t‖ is zero or not finite, so G(k)/G(0) is undefined. The "
                 "probe's loss at t must be computed from step_states[t] (see SupportsGradientFlowProbe). "

@@ -43,9 +43,17 @@ class SpectralNormMonitor(Callback):
 
     With ``warn_on_explode`` it warns once per block (rank 0) the first time σ_max·γ exceeds 1.
 
-    Recurrent layers are found automatically (``lightning_rnn.nn.RNNStack`` and ``torch.nn.RNN/LSTM/GRU``
-    and their ``*Cell`` modules, anywhere inside the LightningModule) or named by module path in
-    ``modules``. Metrics go straight to ``trainer.loggers`` at the step Lightning logs training metrics at,
+    Recurrent layers are found automatically anywhere inside the LightningModule —
+    ``torch.nn.RNN/LSTM/GRU`` (every layer and direction) and their ``*Cell`` modules,
+    ``lightning_rnn.nn.RNNStack``, and a cell of your own that defines ``recurrent_weights() ->
+    dict[str, Tensor]`` (and optionally ``recurrent_gates``, its gate layout; see
+    :mod:`lightning_rnn.functional.spectral`) — or named by module path in ``modules``::
+
+        class MyCell(nn.Module):
+            recurrent_gates = (("h", 1.0),)  # one tanh block (the default); or "lstm", "gru"
+            def recurrent_weights(self):
+                return {"W": self.W}  # (G*H, H), gate blocks stacked along the rows
+ Metrics go straight to ``trainer.loggers`` at the step Lightning logs training metrics at,
     so the cadence is independent of ``log_every_n_steps`` and works in automatic and manual optimization.
 
     Cost: the default is power iteration on the weights (2 warm-started iterations: 4 matrix-vector
@@ -103,16 +111,17 @@ class SpectralNormMonitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps, exact=self.exact, modules=self.modules)
+        key = dict(every_n_steps=self.every_n_steps, exact=self.exact, modules=self.modules)
+        return f"{type(self).__qualname__}{key!r}"  # the format of Lightning's own callbacks
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._weights = find_recurrent_weights(pl_module, self.modules)
         if not self._weights:
             raise ValueError(
-                "Expected a model with recurrent layers for SpectralNormMonitor (lightning_rnn.nn.RNNStack, "
-                f"torch.nn.RNN/LSTM/GRU or a *Cell inside the LightningModule), found none in "
-                f"{type(pl_module).__name__}; pass modules=[...] with their paths if they are wrapped differently"
+                f"SpectralNormMonitor found no recurrent layer in {type(pl_module).__name__} (it looks for "
+                "torch.nn.RNN/LSTM/GRU, their *Cell modules, lightning_rnn.nn.RNNStack and modules with a "
+                "`recurrent_weights() -> dict[str, Tensor]` method): give your cell that method."
             )
 
     def _due(self, trainer: Trainer) -> bool:

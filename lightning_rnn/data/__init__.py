@@ -2,7 +2,13 @@
 
 from lightning_rnn.data.bucketing import BucketBatchSampler
 from lightning_rnn.data.collate import pad_collate
-from lightning_rnn.data.corpus import read_text_source, stdlib_corpus_files, stdlib_source_dir
+from lightning_rnn.data.corpus import (
+    TokenCorpus,
+    default_cache_dir,
+    read_text_source,
+    stdlib_corpus_files,
+    stdlib_source_dir,
+)
 from lightning_rnn.data.seq2seq import ReversalDataModule, ReversalDataset, Seq2SeqCollate, seq2seq_collate
 from lightning_rnn.data.stream import StreamChunks, TextStreamDataModule, batchify
 from lightning_rnn.data.synthetic import BitStreamTaggingDataModule, make_bit_streams
@@ -36,4 +42,6 @@ __all__: list[str] = [
     "read_text_source",
     "stdlib_corpus_files",
     "stdlib_source_dir",
+    "TokenCorpus",
+    "default_cache_dir",
 ]

@@ -29,9 +29,15 @@ class BucketBatchSampler(Sampler[list[int]]):
     Use it as ``DataLoader(dataset, batch_sampler=BucketBatchSampler(lengths, 32), collate_fn=pad_collate)``.
 
     Distributed: pass ``num_replicas`` / ``rank``; every rank computes the same global batches and takes
-    every ``num_replicas``-th one (the list is padded by repeating its first batches so all ranks get the
-    same number). With Lightning, also pass ``Trainer(use_distributed_sampler=False)`` so that Lightning
-    does not try to re-wrap it, and call :meth:`set_epoch` (Lightning does so for samplers that have it).
+    every ``num_replicas``-th one, so the ranks' batches are disjoint and equally many; the last
+    ``len(batches) % num_replicas`` global batches of the epoch are left out (different ones every epoch when
+    shuffling). With Lightning, also pass ``Trainer(use_distributed_sampler=False)`` so that Lightning does
+    not try to re-wrap it.
+
+    Epochs: Lightning calls ``set_epoch`` only on ``loader.sampler`` and ``loader.batch_sampler.sampler``, never
+    on a batch sampler, so this class exposes a ``sampler`` attribute whose ``set_epoch`` forwards here: under
+    ``Trainer.fit`` every epoch gets its own shuffle with nothing to call. Without Lightning call
+    :meth:`set_epoch` yourself before each epoch.
 
     Args:
         lengths: the length of every item of the dataset.
@@ -48,6 +54,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         >>> s = BucketBatchSampler([5, 1, 4, 2, 3, 6], batch_size=2, shuffle=False)
         >>> list(s)
         [[1, 3], [4, 2], [0, 5]]
+        >>> s = BucketBatchSampler([5, 1, 4, 2, 3, 6], batch_size=2, seed=1)
+        >>> first = list(s)
+        >>> s.sampler.set_epoch(1)  # what Lightning calls at every epoch start
+        >>> list(s) != first
+        True
     """
 
     def __init__(
@@ -83,6 +94,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas or 1
         self.rank = rank or 0
         self.epoch = 0
+        self.sampler = _EpochRelay(self)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffle of ``epoch`` (seeded with ``seed + epoch``) from the next iteration on."""
@@ -105,13 +117,27 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._global_batches()
-        if self.num_replicas > 1 and batches:
-            total = len(self) * self.num_replicas
-            batches = (batches * (total // len(batches) + 1))[:total]
-            batches = batches[self.rank :: self.num_replicas]
+        if self.num_replicas > 1:
+            batches = batches[: len(self) * self.num_replicas][self.rank :: self.num_replicas]
         return iter(batches)
 
     def __len__(self) -> int:
         n = len(self.lengths)
         batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        return -(-batches // self.num_replicas)
+        return batches // self.num_replicas
+
+
+class _EpochRelay:
+    """Found by Lightning at ``loader.batch_sampler.sampler``: forwards ``set_epoch`` to the batch sampler."""
+
+    def __init__(self, owner: BucketBatchSampler) -> None:
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self._owner.lengths)))
+
+    def __len__(self) -> int:
+        return len(self._owner.lengths)

@@ -42,7 +42,8 @@ def pad_collate(
     - ``"lengths"``: ``(N,)`` long, the true lengths ``L_i`` (what ``pack_padded_sequence`` wants);
     - ``"mask"``: ``(N, L_max)`` bool, True on real steps;
     - ``"labels"`` (only when items carry labels): ``(N,)`` per sequence, or ``(N, L_max)`` per step padded
-      with ``label_pad_value`` (``-100`` is ``cross_entropy``'s default ``ignore_index``).
+      with ``label_pad_value`` (``-100`` is ``cross_entropy``'s default ``ignore_index`` and the default
+      ``pad_id`` of :class:`~lightning_rnn.RNNTagger`).
 
     Args:
         batch: the items.

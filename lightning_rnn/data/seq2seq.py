@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_rnn.data.synthetic import _check_int, _GeneratedDataModule
 
@@ -133,7 +133,7 @@ class ReversalDataModule(_GeneratedDataModule):
     model never saw. The three splits use seeds ``seed + 1``, ``seed + 2``, ``seed + 3`` (the validation
     set is a fresh sample, not a slice of the training set). Batches are :func:`seq2seq_collate` dicts
     ``{"src" (N, S), "src_lengths" (N,), "tgt_in" (N, T), "tgt_out" (N, T)}``; the training set is
-    shuffled every epoch.
+    shuffled every epoch; ``predict_dataloader`` hands out the test split.
 
     ``src_vocab_size`` / ``tgt_vocab_size`` (``num_symbols + 3``) and ``pad_id`` / ``bos_id`` / ``eos_id``
     fill in the model's ``src_vocab`` / ``tgt_vocab`` / special ids in the ``lightning-rnn`` CLI.
@@ -201,6 +201,3 @@ class ReversalDataModule(_GeneratedDataModule):
     def collate_fn(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
         """:class:`Seq2SeqCollate` with this data module's special ids."""
         return Seq2SeqCollate(pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id)(batch)
-
-    def predict_dataloader(self) -> DataLoader | list:
-        return self._loader("test", self.eval_batch_size, shuffle=False)

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightning_rnn.data.corpus import read_text_source, stdlib_corpus_files
+from lightning_rnn.data.corpus import (
+    TokenCorpus,
+    _check_max_bytes,
+    default_cache_dir,
+    split_sizes,
+    stdlib_corpus_files,
+)
 from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
 
 __all__ = ["StreamChunks", "TextStreamDataModule", "batchify"]
@@ -48,16 +57,18 @@ class StreamChunks(Dataset):
     chunks; with ``drop_last=False`` a final shorter chunk (``(n - 1) % bptt`` steps, when that is not 0)
     follows them.
 
-    With ``doc_starts`` (bool ``(B, n)``, True at the first token of every document) items are dicts with a
-    ``"reset"`` entry ``(B,)``: True for rows where a document started inside the previous chunk (after its
+    With ``doc_starts`` (bool ``(B, n)``, True at the first token of every document; or, equivalently and in
+    less memory, a sorted int64 ``(D,)`` of document-start positions counted row-major over the ``(B, n)``
+    layout, i.e. ``b * n + column``) items are dicts with a ``"reset"`` entry ``(B,)``: True for rows where a document started inside the previous chunk (after its
     first position) or at this chunk's first position. A model resets those rows' state before this chunk,
     so the state never carries from one document into the next by more than one chunk (the tokens of a new
     document inside the chunk where it begins are read with the old document's state).
 
     Args:
-        streams: token ids ``(B, n)``, one contiguous stream per row (see :func:`batchify`).
+        streams: token ids ``(B, n)``, one contiguous stream per row (see :func:`batchify`); any integer
+            dtype (a compact ``uint8``/``uint16`` view of a memory-mapped corpus is read chunk by chunk).
         bptt: chunk length.
-        doc_starts: optional bool ``(B, n)`` document starts.
+        doc_starts: optional document starts: bool ``(B, n)``, or sorted int64 positions ``(D,)``.
         drop_last: drop the final chunk when it is shorter than ``bptt`` (default) or hand it out.
 
     Outputs (item ``i``): ``(inputs, targets)`` LongTensors ``(B, T)`` with ``T = bptt`` (``T < bptt`` only for
@@ -76,9 +87,18 @@ class StreamChunks(Dataset):
             raise ValueError(f"Expected streams of shape (B, n), got {tuple(streams.shape)}")
         if isinstance(bptt, bool) or not isinstance(bptt, int) or bptt < 1:
             raise ValueError(f"Expected bptt to be a positive int, got {bptt!r}")
-        if doc_starts is not None and doc_starts.shape != streams.shape:
+        if streams.is_floating_point() or streams.is_complex() or streams.dtype == torch.bool:
+            raise TypeError(f"Expected integer token ids as streams, got dtype {streams.dtype}")
+        if doc_starts is not None and doc_starts.dtype == torch.bool and doc_starts.shape != streams.shape:
             raise ValueError(
                 f"Expected doc_starts of the streams' shape {tuple(streams.shape)}, got {tuple(doc_starts.shape)}"
+            )
+        if doc_starts is not None and doc_starts.dtype != torch.bool and (
+            doc_starts.dim() != 1 or doc_starts.is_floating_point()
+        ):
+            raise ValueError(
+                f"Expected doc_starts as bool (B, n) or sorted integer positions (D,), got dtype {doc_starts.dtype}"
+                f" and shape {tuple(doc_starts.shape)}"
             )
         self.streams = streams
         self.bptt = bptt
@@ -95,12 +115,17 @@ class StreamChunks(Dataset):
         i %= len(self)
         k = self.bptt
         end = min((i + 1) * k, self.streams.shape[1] - 1)
-        inputs = self.streams[:, i * k : end]  # (B, T)
-        targets = self.streams[:, i * k + 1 : end + 1]  # (B, T), shifted by one
+        window = self.streams[:, i * k : end + 1].long()  # (B, T + 1): one read of the (compact) streams
+        inputs, targets = window[:, :-1], window[:, 1:]  # (B, T) each, targets shifted by one
         if self.doc_starts is None:
             return inputs, targets
-        lo = max(0, (i - 1) * k + 1)
-        reset = self.doc_starts[:, lo : i * k + 1].any(dim=1)  # (B,)
+        lo, hi = max(0, (i - 1) * k + 1), i * k + 1
+        if self.doc_starts.dtype == torch.bool:
+            reset = self.doc_starts[:, lo:hi].any(dim=1)  # (B,)
+        else:  # a document starts in row b's columns [lo, hi) <=> a position in [b*n + lo, b*n + hi)
+            base = torch.arange(self.streams.shape[0], dtype=torch.long) * self.streams.shape[1]  # (B,)
+            first = torch.searchsorted(self.doc_starts, base + lo)
+            reset = torch.searchsorted(self.doc_starts, base + hi) > first  # (B,)
         return {"inputs": inputs, "targets": targets, "reset": reset}
 
     def __iter__(self) -> Iterator[Any]:
@@ -127,6 +152,29 @@ class _InOrderStreamSampler(DistributedSampler):
         return len(self.dataset)  # type: ignore[arg-type]
 
 
+class _StreamLoader(StatefulDataLoader):
+    """The training loader: torchdata's :class:`StatefulDataLoader` (Lightning saves its ``state_dict`` in
+    checkpoints and restores it on resume, so a run resumed mid-epoch gets the remaining batches in order).
+
+    A state saved after the epoch's last batch (the checkpoint of the final step of an epoch) is not
+    restored: the next epoch starts at batch 0 instead of being empty.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():  # torchdata 0.11 calls the deprecated torch.set_vital here
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            super().__init__(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "_snapshot" in state_dict:  # state of a loader with workers
+            yielded = state_dict["_snapshot"].get("_snapshot_step", 0) + state_dict.get("_steps_since_snapshot", 0)
+        else:
+            yielded = state_dict.get("_num_yielded", 0)
+        if int(yielded) >= len(self):
+            return
+        super().load_state_dict(state_dict)
+
+
 class TextStreamDataModule(LightningDataModule):
     """A text corpus as streams of token ids for truncated-BPTT language modelling.
 
@@ -150,6 +198,22 @@ class TextStreamDataModule(LightningDataModule):
     **Documents.** With ``mark_documents=True`` (one document per file of a directory / list source)
     batches are dicts ``{"inputs", "targets", "reset"}``; ``reset`` (bool ``(batch_size,)``) marks rows whose
     state should be reset before this batch (see :class:`StreamChunks` for the exact rule).
+
+    **Large corpora.** A file or directory source is tokenised once, in streaming passes (chunked reads; the
+    text is never held whole), into an on-disk cache (:class:`~lightning_rnn.data.corpus.TokenCorpus`): token
+    ids in the smallest integer dtype that holds the vocabulary (``uint8`` for most character vocabularies,
+    ``uint16`` up to 65,536 tokens), memory-mapped when used, so memory stays flat in the corpus size. The
+    cache entry is keyed by the source's content and the vocabulary (given, or the options that build it): a
+    changed file is tokenised again. :meth:`prepare_data` (one process per node under DDP) builds the entry;
+    :meth:`setup` opens it on every rank, and all ranks of a node share its pages. Literal-string sources and
+    ``cache=False`` tokenise into memory (still in the compact dtype).
+
+    **Resuming.** The training loader is a :class:`torchdata.stateful_dataloader.StatefulDataLoader`: Lightning
+    stores its position in checkpoints, and a run resumed from a mid-epoch checkpoint continues with the
+    epoch's remaining batches, in order.
+
+    **Predicting.** :meth:`predict_dataloader` gives the ``predict_split`` split (default: test) in the same
+    stream layout as :meth:`test_dataloader`: consecutive chunks, so a model can carry its state through it.
 
     **Chunk length.** ``bptt`` and ``batch_size`` are plain attributes, read when a dataloader is built: a
     change (e.g. by an adaptive-truncation callback) takes effect at the next ``train_dataloader()`` call. A
@@ -177,6 +241,12 @@ class TextStreamDataModule(LightningDataModule):
         drop_last: drop the final chunk of each split when it is shorter than ``bptt``.
         num_workers, pin_memory: passed to the ``DataLoader``.
         rank, world_size: override the distributed layout (for use without a ``Trainer``).
+        cache: keep the tokenised corpus of a file / directory source in an on-disk cache (default) or
+            tokenise it into memory at every ``setup``.
+        cache_dir: the cache directory (default :func:`~lightning_rnn.data.corpus.default_cache_dir`:
+            ``$LIGHTNING_RNN_CACHE`` or ``~/.cache/lightning-rnn/corpora``). Under multi-node DDP, a directory
+            every node can reach, or one local to each node.
+        predict_split: the split :meth:`predict_dataloader` streams: ``"train"``, ``"val"`` or ``"test"``.
 
     Raises:
         ValueError: ``batch_size``/``bptt`` not positive, fractions out of range, an unknown ``level``, a
@@ -212,8 +282,16 @@ class TextStreamDataModule(LightningDataModule):
         pin_memory: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        predict_split: str = "test",
     ) -> None:
         super().__init__()
+        _check_max_bytes(max_bytes)  # 0 or negative must not mean "everything"
+        if predict_split not in _SPLITS:
+            raise ValueError(f"Expected predict_split in {list(_SPLITS)}, got {predict_split!r}")
+        if not isinstance(cache, bool):
+            raise ValueError(f"Expected cache to be a bool, got {cache!r}")
         for name, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size)):
             if name == "eval_batch_size" and value is None:
                 continue
@@ -260,8 +338,12 @@ class TextStreamDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.rank = rank
         self.world_size = world_size
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.predict_split = predict_split
         self.vocab: Vocab | None = vocab
-        # {"train" | "val" | "test": (ids (M,) long, doc_starts (M,) bool)}, filled once by setup()
+        # {"train" | "val" | "test": (ids (M,) in the corpus's compact dtype, document-start offsets (D,) int64
+        # relative to the split)}, filled once by setup()
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     # ------------------------------------------------------------------ setup
@@ -271,56 +353,64 @@ class TextStreamDataModule(LightningDataModule):
         self._load()
         return len(self.vocab)  # type: ignore[arg-type]
 
-    def _documents(self) -> list[tuple[str, str]]:
+    def _source_spec(self) -> tuple[Any, int | None]:
+        """The source to read and the character cap."""
         if self.source is None:
             cap = self.max_bytes or _DEFAULT_CORPUS_BYTES
-            return read_text_source([str(p) for p in stdlib_corpus_files(cap)], max_bytes=cap)
+            return [str(p) for p in stdlib_corpus_files(cap)], cap
         source = self.source
         if isinstance(source, tuple):
             source = list(source)
-        return read_text_source(source, pattern=self.pattern, max_bytes=self.max_bytes)
+        return source, self.max_bytes
+
+    def _corpus(self) -> TokenCorpus:
+        """The tokenised source: from the cache when built before (see the class docstring)."""
+        source, cap = self._source_spec()
+        cache_dir = (self.cache_dir if self.cache_dir is not None else default_cache_dir()) if self.cache else None
+        return TokenCorpus.load(
+            source,
+            level=self.level,
+            vocab=self.vocab,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            min_freq=self.min_freq,
+            max_size=self.max_size,
+            max_chars=cap,
+            pattern=self.pattern,
+            cache_dir=cache_dir,
+        )
 
     def _load(self) -> None:
-        """Read, tokenise, split and encode the source once (idempotent)."""
+        """Tokenise (or open the cached tokens of) the source and split it, once (idempotent)."""
         if self._splits is not None:
             return
-        docs = self._documents()
-        cls = _LEVELS[self.level]
-        if self.level == "char":
-            text = "".join(t for _, t in docs)
-            doc_lengths = [len(t) for _, t in docs]
-            n = len(text)
-        else:
-            per_doc = [cls.tokenize(t) for _, t in docs]
-            doc_lengths = [len(toks) for toks in per_doc]
-            tokens = [tok for toks in per_doc for tok in toks]
-            n = len(tokens)
+        corpus = self._corpus()
+        n = len(corpus)
         if n == 0:
-            names = ", ".join(name for name, _ in docs[:3])
-            raise ValueError(f"Expected some {self.level} tokens in the source, got none (read: {names})")
-        n_test = int(n * self.test_fraction)
-        n_val = int(n * self.val_fraction)
-        n_train = n - n_val - n_test
+            raise ValueError(f"Expected some {self.level} tokens in the source, got none (read: {self._describe()})")
         if self.vocab is None:
-            train_text = text[:n_train] if self.level == "char" else cls.join(tokens[:n_train])
-            self.vocab = cls.build(train_text, min_freq=self.min_freq, max_size=self.max_size)
-        vocab = self.vocab
-        if self.level == "char":
-            ids = vocab.encode(text)
-        else:
-            ids = torch.tensor([vocab.stoi.get(t, vocab.unk_id) for t in tokens], dtype=torch.long)
-        starts = torch.zeros(n, dtype=torch.bool)
-        offsets = torch.tensor([0, *doc_lengths[:-1]], dtype=torch.long).cumsum(0)
-        starts[offsets[offsets < n]] = True
+            self.vocab = corpus.vocab
+        n_train, n_val, _ = split_sizes(n, self.val_fraction, self.test_fraction)
+        offsets = torch.from_numpy(np.unique(corpus.doc_offsets))
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
-        self._splits = {name: (ids[a:b], starts[a:b]) for name, (a, b) in bounds.items()}
+        self._splits = {
+            name: (corpus.tensor(a, b), offsets[(offsets >= a) & (offsets < b)] - a) for name, (a, b) in bounds.items()
+        }
+
+    def _describe(self) -> str:
+        source, _ = self._source_spec()
+        items = source if isinstance(source, list) else [source]
+        return ", ".join(str(x)[:80] for x in items[:3])
 
     def prepare_data(self) -> None:
-        """Nothing to download; reads happen in :meth:`setup` on every rank."""
+        """Tokenise a file / directory source into the on-disk cache (once; Lightning runs this on one process
+        per node, before :meth:`setup` on every rank)."""
+        if self.cache and self._splits is None:
+            self._corpus()
 
     def setup(self, stage: str | None = None) -> None:
-        """Read, tokenise, split and encode the source (once; later calls do nothing) and build the
-        vocabulary from the training split when none was given (``dm.vocab`` is then set)."""
+        """Open the tokenised source (building it when :meth:`prepare_data` did not), split it, and set
+        ``dm.vocab`` when it was built from the training split (once; later calls do nothing)."""
         self._load()
 
     def _rank_world(self) -> tuple[int, int]:
@@ -334,15 +424,23 @@ class TextStreamDataModule(LightningDataModule):
         return 0, 1
 
     def streams(self, split: str) -> tuple[Tensor, Tensor]:
-        """This rank's streams of ``split``: token ids and document starts, both ``(B, n)``.
+        """This rank's streams of ``split``: token ids (a view in the corpus's compact integer dtype) and
+        document starts (bool), both ``(B, n)``.
 
         Raises:
             ValueError: the split is too short for ``B x world_size`` streams of ``bptt + 1`` tokens.
         """
+        ids, positions = self._rank_streams(split)
+        starts = torch.zeros(ids.numel(), dtype=torch.bool)
+        starts[positions] = True
+        return ids, starts.view(ids.shape)
+
+    def _rank_streams(self, split: str) -> tuple[Tensor, Tensor]:
+        """This rank's token ids ``(B, n)`` (a view) and its document starts as sorted positions ``b * n + c``."""
         if split not in _SPLITS:
             raise ValueError(f"Expected split in {list(_SPLITS)}, got {split!r}")
         self._load()
-        ids, starts = self._splits[split]  # type: ignore[index]
+        ids, offsets = self._splits[split]  # type: ignore[index]
         rank, world = self._rank_world()
         per_rank = self.batch_size if split == "train" else (self.eval_batch_size or self.batch_size)
         rows = per_rank * world
@@ -353,20 +451,24 @@ class TextStreamDataModule(LightningDataModule):
                 f"(batch size {per_rank} x world size {world}) of bptt + 1 = {self.bptt + 1} tokens, got "
                 f"{ids.numel()} tokens. Use a longer corpus, a smaller batch_size/bptt, or change the fractions."
             )
-        block = slice(rank * per_rank, (rank + 1) * per_rank)
-        return batchify(ids, rows)[block], batchify(starts, rows)[block]
+        streams = batchify(ids, rows)  # (rows, n)
+        n = streams.shape[1]
+        lo, hi = rank * per_rank * n, (rank + 1) * per_rank * n  # this rank's block, row-major
+        mine = offsets[(offsets >= lo) & (offsets < hi)] - lo
+        return streams[rank * per_rank : (rank + 1) * per_rank], mine
 
     def dataset(self, split: str) -> StreamChunks:
         """This rank's chunks of ``split`` with the current ``bptt`` (item ``i`` = batch ``i``)."""
-        ids, starts = self.streams(split)
-        return StreamChunks(ids, self.bptt, starts if self.mark_documents else None, drop_last=self.drop_last)
+        ids, positions = self._rank_streams(split)
+        return StreamChunks(ids, self.bptt, positions if self.mark_documents else None, drop_last=self.drop_last)
 
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
         dataset = self.dataset(split)
         rank, world = self._rank_world()
-        return DataLoader(
+        return loader_class(  # its own generator: no draw from the global RNG per epoch (exact resume)
             dataset,
             batch_size=None,  # items are whole (B, bptt) batches
+            generator=torch.Generator(),
             sampler=_InOrderStreamSampler(dataset, rank, world),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -374,13 +476,28 @@ class TextStreamDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        """The training split's chunks, in order; a stateful loader (``state_dict`` / ``load_state_dict``)."""
+        return self._loader("train", _StreamLoader)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val") if self.val_fraction > 0 else []
 
     def test_dataloader(self) -> DataLoader | list:
         return self._loader("test") if self.test_fraction > 0 else []
+
+    def predict_dataloader(self) -> DataLoader:
+        """The ``predict_split`` split (default: test) as consecutive chunks, like :meth:`test_dataloader`.
+
+        Raises:
+            ValueError: that split is empty (its fraction is 0).
+        """
+        fraction = {"train": 1.0, "val": self.val_fraction, "test": self.test_fraction}[self.predict_split]
+        if fraction <= 0:
+            raise ValueError(
+                f"Expected predict_split={self.predict_split!r} to name a non-empty split, got "
+                f"{self.predict_split}_fraction=0; set predict_split or the fraction."
+            )
+        return self._loader(self.predict_split)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

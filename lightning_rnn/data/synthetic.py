@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_rnn.data.collate import pad_collate
+from lightning_rnn.data.loaders import eval_loader, train_loader
 
 __all__ = ["BIT_TASKS", "BitStreamTaggingDataModule", "make_bit_streams"]
 
@@ -38,7 +39,8 @@ def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> No
 class _GeneratedDataModule(LightningDataModule):
     """Base of the generated-data modules: each split made once by :meth:`split`, one loader per split.
 
-    Subclasses define ``_make_split(name, n)`` (the dataset of a split) and ``collate_fn``.
+    Subclasses define ``_make_split(name, n)`` (the dataset of a split) and ``collate_fn``. ``predict`` uses
+    the test split.
     """
 
     _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -82,8 +84,10 @@ class _GeneratedDataModule(LightningDataModule):
         items = self.split(name)
         if items is None or len(items) == 0:
             return []
-        return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate_fn,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if shuffle:  # training: resumable mid-epoch (Lightning saves its position in checkpoints)
+            return train_loader(items, batch_size, seed=self.seed, collate_fn=self.collate_fn,
+                                num_workers=self.num_workers)
+        return eval_loader(items, batch_size, collate_fn=self.collate_fn, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader | list:
         return self._loader("train", self.batch_size, shuffle=True)
@@ -92,6 +96,10 @@ class _GeneratedDataModule(LightningDataModule):
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """The test split's batches (``trainer.predict`` ignores their labels / targets)."""
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
 
@@ -142,7 +150,7 @@ class BitStreamTaggingDataModule(_GeneratedDataModule):
 
     Train / val / test are :func:`make_bit_streams` with seeds ``seed``, ``seed + 1``, ``seed + 2``; batches
     are :func:`~lightning_rnn.data.pad_collate` dicts ``{"inputs" (N, L), "lengths" (N,), "mask" (N, L),
-    "labels" (N, L)}`` (labels padded with ``-100``, the tagger's default ``ignore_index``). The training
+    "labels" (N, L)}`` (labels padded with ``-100``, the tagger's default ``pad_id``). The training
     set is shuffled every epoch. ``vocab_size`` (2, the input bits) and ``num_classes`` (2) fill in the
     tagger's arguments in the ``lightning-rnn`` CLI.
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from lightning_rnn.data.collate import pad_collate
 from lightning_rnn.data.corpus import _read_file, read_text_source, stdlib_source_dir
+from lightning_rnn.data.loaders import eval_loader, train_loader
 from lightning_rnn.data.synthetic import _check_int
 from lightning_rnn.data.vocab import CharVocab, Vocab
 
@@ -156,7 +157,8 @@ class TextClassificationDataModule(LightningDataModule):
     built from the training texts (characters never seen in training become ``<unk>``), and batched by
     :func:`~lightning_rnn.data.pad_collate`: ``{"inputs" (N, L) long, "lengths" (N,), "mask" (N, L),
     "labels" (N,)}``; the classifier runs packed on the true lengths, so the padding value never matters.
-    Class ids follow the sorted class names (:attr:`classes`). The training set is shuffled every epoch.
+    Class ids follow the sorted class names (:attr:`classes`). The training set is shuffled every epoch;
+    ``predict_dataloader`` hands out the test split.
 
     ``vocab_size`` and ``num_classes`` fill in the classifier's arguments in the ``lightning-rnn`` CLI;
     the vocabulary goes into the CLI's checkpoints.
@@ -328,8 +330,10 @@ class TextClassificationDataModule(LightningDataModule):
         if not items:
             return []
         batch_size = self.batch_size if split == "train" else (self.eval_batch_size or self.batch_size)
-        return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=pad_collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if shuffle:  # training: resumable mid-epoch (Lightning saves its position in checkpoints)
+            return train_loader(items, batch_size, seed=self.seed, collate_fn=pad_collate,
+                                num_workers=self.num_workers)
+        return eval_loader(items, batch_size, collate_fn=pad_collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader | list:
         return self._loader("train", shuffle=True)
@@ -338,6 +342,10 @@ class TextClassificationDataModule(LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """The test split's batches (``trainer.predict`` ignores their labels)."""
         return self._loader("test", shuffle=False)
 
     # ------------------------------------------------------------------ checkpoints

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import numbers
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +62,25 @@ class Vocab:
     def build(cls, text: str, *, min_freq: int = 1, max_size: int | None = None) -> Vocab:
         """Build from text: tokens with at least ``min_freq`` occurrences, most frequent first (ties sorted),
         at most ``max_size`` of them (plus ``<unk>``)."""
+        return cls.from_counts(Counter(cls.tokenize(text)), min_freq=min_freq, max_size=max_size)
+
+    from_text = build
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], *, min_freq: int = 1, max_size: int | None = None) -> Vocab:
+        """Build from token counts (e.g. gathered in a streaming pass over a corpus): the same vocabulary
+        :meth:`build` gives for a text with these counts.
+
+        Example::
+
+            >>> WordVocab.from_counts({"a": 3, "b": 1, "c": 3}, min_freq=2).itos
+            ['<unk>', 'a', 'c']
+        """
         _check_build_args(min_freq, max_size)
-        counts = Counter(cls.tokenize(text))
         kept = sorted((t for t, c in counts.items() if c >= min_freq and t != UNK), key=lambda t: (-counts[t], t))
         if max_size is not None:
             kept = kept[:max_size]
         return cls([UNK, *kept])
-
-    from_text = build
 
     # -- use
     def __len__(self) -> int:
@@ -155,8 +166,24 @@ class CharVocab(Vocab):
     def build(cls, text: str, *, min_freq: int = 1, max_size: int | None = None) -> CharVocab:
         """Build from text: characters with at least ``min_freq`` occurrences, most frequent first (ties by
         code point), at most ``max_size`` of them (plus ``<unk>``)."""
+        return cls.from_codepoint_counts(torch.bincount(_codepoints(text)), min_freq=min_freq, max_size=max_size)
+
+    from_text = build
+
+    @classmethod
+    def from_codepoint_counts(
+        cls, counts: Tensor, *, min_freq: int = 1, max_size: int | None = None
+    ) -> CharVocab:
+        """Build from a histogram over code points (``counts[c]`` = occurrences of ``chr(c)``, e.g. summed
+        ``torch.bincount`` of chunks): the same vocabulary :meth:`build` gives for a text with these counts.
+
+        Example::
+
+            >>> CharVocab.from_codepoint_counts(torch.bincount(torch.tensor([98, 97, 98]))).itos
+            ['<unk>', 'b', 'a']
+        """
         _check_build_args(min_freq, max_size)
-        counts = torch.bincount(_codepoints(text))
+        counts = torch.as_tensor(counts)
         present = (counts >= min_freq).nonzero().flatten()  # code points, ascending
         kept = [(chr(c), n) for c, n in zip(present.tolist(), counts[present].tolist())]
         kept.sort(key=lambda tc: -tc[1])  # stable: ties stay in code-point order
@@ -165,7 +192,13 @@ class CharVocab(Vocab):
             chars = chars[:max_size]
         return cls([UNK, *chars])
 
-    from_text = build
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], *, min_freq: int = 1, max_size: int | None = None) -> CharVocab:
+        """Build from character counts: ties are broken by code point, as in :meth:`build`."""
+        for t in counts:
+            if len(t) != 1:
+                raise ValueError(f"Expected single characters as CharVocab counts keys, got {t!r}")
+        return super().from_counts(counts, min_freq=min_freq, max_size=max_size)  # type: ignore[return-value]
 
     def encode(self, text: str) -> Tensor:
         """Text -> LongTensor (L,) of ids, one per character; unseen characters map to ``<unk>``."""

@@ -5,10 +5,13 @@ from lightning_rnn.functional.activation_reg import (
     temporal_activation_regularization,
 )
 from lightning_rnn.functional.clipping import (
+    ClipRule,
     QuantileClipRule,
+    UnitwiseClipRule,
     ZScoreClipRule,
     adaptive_clip_grad_,
     clip_grads_,
+    clip_with_rule_,
     grad_norm,
     unitwise_norm,
 )
@@ -16,6 +19,7 @@ from lightning_rnn.functional.gradient_flow import (
     GradientFlowResult,
     SupportsGradientFlowProbe,
     gradient_horizon,
+    measure_gradient_flow,
     per_lag_gradient_norms,
 )
 from lightning_rnn.functional.spectral import (
@@ -29,7 +33,9 @@ from lightning_rnn.functional.truncation import choose_truncation, fit_geometric
 
 __all__: list[str] = []
 __all__ += ["activation_regularization", "temporal_activation_regularization"]
-__all__ += ["QuantileClipRule", "ZScoreClipRule", "adaptive_clip_grad_", "clip_grads_", "grad_norm", "unitwise_norm"]
-__all__ += ["GradientFlowResult", "SupportsGradientFlowProbe", "gradient_horizon", "per_lag_gradient_norms"]
+__all__ += ["ClipRule", "QuantileClipRule", "UnitwiseClipRule", "ZScoreClipRule"]
+__all__ += ["adaptive_clip_grad_", "clip_grads_", "clip_with_rule_", "grad_norm", "unitwise_norm"]
+__all__ += ["GradientFlowResult", "SupportsGradientFlowProbe", "gradient_horizon", "measure_gradient_flow"]
+__all__ += ["per_lag_gradient_norms"]
 __all__ += ["BlockSpectralNorm", "find_recurrent_weights", "power_iteration", "recurrent_spectral_norms", "spectral_norm_exact"]
 __all__ += ["choose_truncation", "fit_geometric_tail", "truncation_bias"]

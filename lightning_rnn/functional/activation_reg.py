@@ -49,7 +49,7 @@ def activation_regularization(outputs: Tensor, alpha: float, mask: Tensor | None
     Args:
         outputs: the last layer's outputs **after** the output dropout, (N, L, H).
         alpha: the coefficient (AWD-LSTM: 2).
-        mask: optional bool (N, L), True at the steps that count (e.g. ``targets != ignore_index``).
+        mask: optional bool (N, L), True at the steps that count (e.g. ``targets != pad_id``).
 
     Returns:
         A scalar tensor (graph attached); 0 when no step counts.

@@ -1,19 +1,25 @@
-"""Gradient-clipping maths: global norm, AutoClip / ZClip threshold rules, AGC unit-wise clipping.
+"""Gradient-clipping maths: global norm, the clipping-rule interface, AutoClip / ZClip / AGC rules.
 
-Pure PyTorch (no Lightning). `AdaptiveGradientClipping` (lightning_rnn.callbacks) is a thin stateful
-wrapper around these pieces; a plain PyTorch loop can use them directly::
+Pure PyTorch (no Lightning). A *clipping rule* is a small object behind one interface, :class:`ClipRule`:
+once per optimizer step it is given the finite pre-clip global gradient norm and answers with the threshold
+the global norm is clipped to (``inf``: none); a rule that also clips per parameter (AGC) overrides
+:meth:`ClipRule.clip_`. Its state (a history, an EMA) goes through ``state_dict`` / ``load_state_dict``.
+A new rule is one new subclass. :func:`clip_with_rule_` applies a rule to a set of parameters;
+`AdaptiveGradientClipping` (lightning_rnn.callbacks) is a thin stateful wrapper around it, and a plain
+PyTorch loop can use it directly::
 
     rule = QuantileClipRule(quantile=0.1, window=1000)       # AutoClip
     for batch in loader:
         loss = model(batch); optimizer.zero_grad(); loss.backward()
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        norm = float(grad_norm(grads))                         # one host sync
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = float(grad_norm([p.grad for p in params]))      # one host sync
         if math.isfinite(norm):
-            clip_grads_(grads, rule.step(norm), norm)
+            clip_with_rule_(rule, params, norm)
             optimizer.step()
 
-The two threshold rules hold only Python floats (their state is a few numbers or a bounded list), so a
-decision costs one host sync of the global norm per optimizer step and nothing per parameter.
+The built-in rules hold only Python floats (their state is a few numbers or a bounded list), so a
+decision costs one host sync of the global norm per optimizer step and nothing per parameter (AGC's
+unit-wise clip adds one sync for its count).
 
 References:
     * AutoClip (Seetharaman et al. 2020): threshold = p-th percentile of the gradient norms seen so far,
@@ -29,6 +35,7 @@ References:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -37,10 +44,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ClipRule",
     "QuantileClipRule",
+    "UnitwiseClipRule",
     "ZScoreClipRule",
     "adaptive_clip_grad_",
     "clip_grads_",
+    "clip_with_rule_",
+    "clips_per_parameter",
     "grad_norm",
     "quantile",
     "unitwise_norm",
@@ -114,6 +125,117 @@ def quantile(values: Sequence[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * frac
 
 
+class ClipRule(ABC):
+    """Interface of a gradient-clipping rule: a new rule is one subclass.
+
+    Once per optimizer step the rule's :meth:`step` is given the finite pre-clip global gradient norm and
+    returns the threshold the global norm is clipped to. Non-finite norms are filtered out before a rule
+    sees them. A rule that also clips per parameter (AGC) overrides :meth:`clip_`. A rule with state (a
+    history, an EMA, counters) returns it from :meth:`state_dict` as plain Python numbers / lists, so
+    checkpoints stay data, and reads it back in :meth:`load_state_dict` (with ``.get(key, default)``).
+
+    Under DDP every rank gives its rule the same norm in the same order; a rule must be deterministic in its
+    norms (no random draws) so that every rank picks the same threshold. ``repr(rule)`` names the rule and
+    its parameters (not its state): ``AdaptiveGradientClipping`` builds its ``state_key`` from it.
+
+    Example::
+
+        >>> class FixedClipRule(ClipRule):
+        ...     "Clips the global norm to a constant (what ``clip_grad_norm_`` does)."
+        ...     def __init__(self, max_norm: float) -> None:
+        ...         self.max_norm = max_norm
+        ...     def step(self, norm: float) -> float:
+        ...         return self.max_norm
+        ...     def __repr__(self) -> str:
+        ...         return f"FixedClipRule(max_norm={self.max_norm})"
+        >>> [FixedClipRule(2.0).step(g) for g in (1.0, 5.0)]
+        [2.0, 2.0]
+    """
+
+    @abstractmethod
+    def step(self, norm: float) -> float:
+        """Records the finite pre-clip global ``norm`` and returns the threshold to clip it to.
+
+        A threshold ``>= norm`` (or ``inf``) leaves the gradients as they are; ``inf`` also means "no
+        threshold" in the logs. It must be ``>= 0`` and not NaN.
+        """
+
+    def clip_(self, parameters: Sequence[Tensor], norm_type: float = 2.0) -> bool:
+        """Per-parameter clipping of ``p.grad`` in place, before the global threshold applies.
+
+        The default clips nothing. ``parameters`` have a gradient; the callback leaves out the ones named by
+        its ``agc_exclude`` (by default the output layer).
+
+        Returns:
+            Whether any gradient was changed.
+        """
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state as plain Python containers (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - a stateless rule keeps this no-op
+        """Restores what :meth:`state_dict` returned (default: nothing to restore)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def clips_per_parameter(rule: ClipRule) -> bool:
+    """Whether ``rule`` overrides :meth:`ClipRule.clip_` (then its parameters are chosen with care, e.g.
+    AGC leaves the output layer alone)."""
+    return type(rule).clip_ is not ClipRule.clip_
+
+
+def clip_with_rule_(
+    rule: ClipRule,
+    parameters: Sequence[Tensor],
+    norm: float,
+    *,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    rule_parameters: Sequence[Tensor] | None = None,
+) -> tuple[float, bool]:
+    """One optimizer step of a clipping rule on ``parameters``' gradients, in place.
+
+    In order: ``threshold = rule.step(norm)``; ``rule.clip_(rule_parameters)`` (per-parameter clipping,
+    e.g. AGC); ``threshold = min(threshold, max_norm)``; the global norm (recomputed if ``clip_`` changed
+    a gradient) is scaled down to ``threshold`` if it is above it.
+
+    Args:
+        rule: the clipping rule (its state is updated).
+        parameters: parameters whose ``.grad`` is not ``None``.
+        norm: their finite pre-clip global ``norm_type``-norm (see :func:`grad_norm`).
+        max_norm: optional hard ceiling on the global norm.
+        norm_type: p of the norms.
+        rule_parameters: the parameters given to ``rule.clip_`` (default: ``parameters``).
+
+    Returns:
+        ``(threshold, clipped)``: the global threshold of this step (``inf`` if none) and whether any
+        gradient was changed.
+
+    Example::
+
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.ones(2)); w.grad = torch.tensor([3.0, 4.0])
+        >>> clip_with_rule_(QuantileClipRule(quantile=0.5), [w], norm=5.0, max_norm=2.5)
+        (2.5, True)
+        >>> w.grad
+        tensor([1.5000, 2.0000])
+    """
+    threshold = float(rule.step(norm))
+    if not threshold >= 0.0:
+        raise ValueError(f"Expected {rule!r}.step to return a threshold >= 0 (or inf), got {threshold}")
+    changed = rule.clip_(parameters if rule_parameters is None else rule_parameters, norm_type)
+    if max_norm is not None:
+        threshold = min(threshold, max_norm)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if changed and math.isfinite(threshold):
+        norm = float(grad_norm(grads, norm_type))  # the norm after the per-parameter clip
+    return threshold, clip_grads_(grads, threshold, norm) or changed
+
+
 def _check_finite(norm: float) -> float:
     norm = float(norm)
     if not math.isfinite(norm):
@@ -123,7 +245,7 @@ def _check_finite(norm: float) -> float:
     return norm
 
 
-class QuantileClipRule:
+class QuantileClipRule(ClipRule):
     """AutoClip: the threshold is the ``quantile`` of the last ``window`` pre-clip norms, current included.
 
     Args:
@@ -158,8 +280,11 @@ class QuantileClipRule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = deque((float(x) for x in state.get("history", [])), maxlen=self.window)
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(quantile={self.quantile}, window={self.window})"
 
-class ZScoreClipRule:
+
+class ZScoreClipRule(ClipRule):
     """ZClip: z-score of the norm against an exponential moving average of its mean and variance.
 
     During the first ``warmup_steps`` norms the rule only collects (threshold ``inf``); it then sets
@@ -242,6 +367,12 @@ class ZScoreClipRule:
         self.mean = None if mean is None else float(mean)
         self.var = None if var is None else float(var)
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(alpha={self.alpha}, z_threshold={self.z_threshold}, "
+            f"warmup_steps={self.warmup_steps}, eps={self.eps})"
+        )
+
 
 def unitwise_norm(x: Tensor, norm_type: float = 2.0) -> Tensor:
     """Norm per output unit: over all dims but the first for ``x.ndim >= 2``, of the whole tensor else.
@@ -290,3 +421,39 @@ def adaptive_clip_grad_(
         n = clip.sum()
         count = n if count is None else count + n.to(count.device)
     return count if count is not None else torch.zeros((), dtype=torch.long)
+
+
+class UnitwiseClipRule(ClipRule):
+    """AGC as a rule: no global threshold, unit-wise clipping in :meth:`clip_` (see :func:`adaptive_clip_grad_`).
+
+    Args:
+        clip_factor: λ > 0 (NFNets: 0.01 for large batches, larger for small ones).
+        eps: ε > 0, the floor on a unit's weight norm.
+
+    Example::
+
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.ones(1, 4)); w.grad = torch.ones(1, 4)   # ‖W_0‖ = ‖G_0‖ = 2
+        >>> rule = UnitwiseClipRule(clip_factor=0.1)
+        >>> rule.step(2.0), rule.clip_([w]), round(float(w.grad.norm()), 4)        # G_0 -> 0.1 * 2
+        (inf, True, 0.2)
+    """
+
+    def __init__(self, clip_factor: float = 0.01, eps: float = 1e-3) -> None:
+        if not clip_factor > 0.0:
+            raise ValueError(f"Expected clip_factor > 0, got {clip_factor!r}")
+        if not eps > 0.0:
+            raise ValueError(f"Expected eps > 0, got {eps!r}")
+        self.clip_factor = float(clip_factor)
+        self.eps = float(eps)
+
+    def step(self, norm: float) -> float:
+        """No global threshold: ``inf``."""
+        return math.inf
+
+    def clip_(self, parameters: Sequence[Tensor], norm_type: float = 2.0) -> bool:
+        """Unit-wise AGC of ``parameters``' gradients in place; whether any unit was clipped (one host sync)."""
+        return bool(adaptive_clip_grad_(parameters, self.clip_factor, self.eps, norm_type) > 0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(clip_factor={self.clip_factor}, eps={self.eps})"

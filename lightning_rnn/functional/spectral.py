@@ -10,6 +10,16 @@ LSTM and GRU stack their gate blocks in one ``weight_hh`` (LSTM ``4H×H`` in the
 GRU ``3H×H`` in the order r, z, n), and the whole-matrix norm only lies between the largest block norm and
 the root of the sum of their squares, so everything here works per block.
 
+Recurrent layers are found in a model by :func:`find_recurrent_weights`: ``torch.nn.RNN/LSTM/GRU`` (every
+layer and direction) and their ``*Cell`` modules, :class:`~lightning_rnn.nn.RNNStack`, and any module of
+yours that follows a two-member protocol:
+
+* ``recurrent_weights() -> dict[str, Tensor]``: the hidden-to-hidden matrices, each ``(G*H, H_in)`` with
+  its G gate blocks stacked along the rows (``{"W": self.W}`` for a plain cell);
+* optionally ``recurrent_gates``: the gate layout — a key of :data:`GATE_BLOCKS` (``"lstm"``, ``"gru"``,
+  ``"rnn_tanh"``, ``"rnn_relu"``) or a sequence of ``(gate name, γ)`` pairs in row order; default one
+  block ``"h"`` with γ = 1 (tanh).
+
 Two estimators:
 
 * exact: :func:`torch.linalg.svdvals` (a full SVD, ``O(H³)`` per block);
@@ -23,7 +33,7 @@ Pure PyTorch; no lightning import.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,14 +69,24 @@ class RecurrentWeight:
 
     Attributes:
         name: layer name used in metric keys: ``"<module path>.l<k>"`` (``"_reverse"`` appended for the
-            backward direction); ``"l<k>"`` for a top-level module; the module path for a cell.
-        cell: ``"rnn_tanh" | "rnn_relu" | "lstm" | "gru"`` (a key of :data:`GATE_BLOCKS`).
+            backward direction); ``"l<k>"`` for a top-level module; the module path for a cell;
+            ``"<module path>.<key>"`` for a key of a module's ``recurrent_weights()`` that is not
+            ``weight_hh_l<k>``.
+        cell: ``"rnn_tanh" | "rnn_relu" | "lstm" | "gru"`` (a key of :data:`GATE_BLOCKS`), or ``"custom"``
+            with ``gates`` given.
         weight: the parameter itself, shape ``(G*H, H_in)`` with G gate blocks.
+        gates: the ``(name, γ)`` of each gate block in row order; None: ``GATE_BLOCKS[cell]``.
     """
 
     name: str
     cell: str
     weight: Tensor
+    gates: tuple[tuple[str, float], ...] | None = None
+
+    @property
+    def blocks(self) -> tuple[tuple[str, float], ...]:
+        """The ``(name, γ)`` of each gate block in row order."""
+        return self.gates if self.gates is not None else GATE_BLOCKS[self.cell]
 
 
 def _cell_kind(module: nn.Module) -> str | None:
@@ -79,18 +99,61 @@ def _cell_kind(module: nn.Module) -> str | None:
         return "gru"
     if isinstance(module, nn.RNNCell):
         return f"rnn_{module.nonlinearity}"
-    cell = getattr(module, "cell", None)  # lightning_rnn.nn.RNNStack (duck-typed: nn never imports us back)
-    if isinstance(cell, str) and cell.lower() in ("rnn", "lstm", "gru") and hasattr(module, "num_layers"):
-        cell = cell.lower()
-        if cell == "rnn":
-            return f"rnn_{getattr(module, 'nonlinearity', 'tanh')}"
-        return cell
+    if callable(getattr(module, "recurrent_weights", None)):  # RNNStack and a user's cell: the protocol
+        return "custom"
     return None
+
+
+def _protocol_gates(path: str, module: nn.Module) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """(cell kind, gate layout) of a module that follows the ``recurrent_weights()`` protocol."""
+    gates = getattr(module, "recurrent_gates", None)
+    if gates is None:  # lightning_rnn.nn.RNNStack names its cell
+        cell = getattr(module, "cell", None)
+        if isinstance(cell, str) and cell.lower() in ("rnn", "lstm", "gru"):
+            kind = "rnn_tanh" if cell.lower() == "rnn" else cell.lower()
+            return kind, GATE_BLOCKS[kind]
+        return "rnn_tanh", GATE_BLOCKS["rnn_tanh"]
+    if isinstance(gates, str):
+        if gates not in GATE_BLOCKS:
+            raise ValueError(
+                f"Expected {path or type(module).__name__}.recurrent_gates in {sorted(GATE_BLOCKS)} or a sequence of "
+                f"(name, gamma) pairs, got {gates!r}"
+            )
+        return gates, GATE_BLOCKS[gates]
+    try:
+        layout = tuple((str(name), float(gamma)) for name, gamma in gates)
+    except (TypeError, ValueError):
+        layout = ()
+    if not layout:
+        raise ValueError(
+            f"Expected {path or type(module).__name__}.recurrent_gates in {sorted(GATE_BLOCKS)} or a non-empty "
+            f"sequence of (name, gamma) pairs, got {gates!r}"
+        )
+    return "custom", layout
 
 
 def _weights_of(path: str, module: nn.Module, cell: str) -> list[RecurrentWeight]:
     if isinstance(module, nn.RNNCellBase):
         return [RecurrentWeight(path or "cell", cell, module.weight_hh)]
+    if cell == "custom":
+        kind, gates = _protocol_gates(path, module)
+        weights = module.recurrent_weights()
+        where = f"{path or type(module).__name__}.recurrent_weights()"
+        if not isinstance(weights, Mapping) or not weights:
+            raise ValueError(f"Expected {where} to return a non-empty dict[str, Tensor], got {weights!r}")
+        out = []
+        for key, weight in weights.items():
+            if not isinstance(weight, Tensor) or weight.dim() != 2 or weight.shape[0] % len(gates):
+                shape = list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+                raise ValueError(
+                    f"Expected {where}[{key!r}] to be a 2-D Tensor (G*H, H_in) with G = {len(gates)} gate blocks, "
+                    f"got {shape}"
+                )
+            match = _WEIGHT_HH.match(str(key))
+            layer = f"l{match.group(1)}{match.group(2) or ''}" if match else str(key)
+            out.append(RecurrentWeight(f"{path}.{layer}" if path else layer, kind, weight,
+                                       None if kind in GATE_BLOCKS and gates == GATE_BLOCKS[kind] else gates))
+        return out
     found = []
     for pname, param in module.named_parameters():
         match = _WEIGHT_HH.match(pname.rsplit(".", 1)[-1])
@@ -104,9 +167,10 @@ def _weights_of(path: str, module: nn.Module, cell: str) -> list[RecurrentWeight
 def find_recurrent_weights(module: nn.Module, modules: Sequence[str] | None = None) -> list[RecurrentWeight]:
     """Find the recurrent matrices of every recurrent layer inside ``module``.
 
-    Recognised: ``lightning_rnn.nn.RNNStack`` (attribute ``cell``), :class:`torch.nn.RNN` /
-    :class:`~torch.nn.LSTM` / :class:`~torch.nn.GRU` (attribute ``mode``) and the matching ``*Cell``
-    modules. Submodules of a recognised module are not searched again.
+    Recognised: :class:`torch.nn.RNN` / :class:`~torch.nn.LSTM` / :class:`~torch.nn.GRU` (every layer and
+    direction), the matching ``*Cell`` modules, and every module with a ``recurrent_weights()`` method —
+    ``lightning_rnn.nn.RNNStack`` and a user's own cell (see the module docstring for the protocol and its
+    optional ``recurrent_gates``). Submodules of a recognised module are not searched again.
 
     Args:
         module: the model to walk (``module`` itself may be recurrent).
@@ -137,8 +201,8 @@ def find_recurrent_weights(module: nn.Module, modules: Sequence[str] | None = No
             cell = _cell_kind(named[path])
             if cell is None:
                 raise ValueError(
-                    f"Expected {path!r} to be a recurrent module (lightning_rnn.nn.RNNStack, torch.nn.RNN/LSTM/GRU "
-                    f"or a *Cell), got {type(named[path]).__name__}"
+                    f"Expected {path!r} to be a recurrent module (lightning_rnn.nn.RNNStack, torch.nn.RNN/LSTM/GRU, "
+                    f"a *Cell, or a module with a recurrent_weights() method), got {type(named[path]).__name__}"
                 )
             found.extend(_weights_of(path, named[path], cell))
         return found
@@ -155,8 +219,10 @@ def find_recurrent_weights(module: nn.Module, modules: Sequence[str] | None = No
     return found
 
 
-def gate_blocks(weight: Tensor, cell: str) -> Tensor:
+def gate_blocks(weight: Tensor, cell: str | int) -> Tensor:
     """View a stacked ``weight_hh`` as its gate blocks.
+
+    ``cell`` is a key of :data:`GATE_BLOCKS` or the number of gate blocks G.
 
     Inputs:
         weight: ``(G*H, H_in)`` with G = 4 (lstm: i, f, g, o), 3 (gru: r, z, n) or 1 (rnn).
@@ -164,11 +230,16 @@ def gate_blocks(weight: Tensor, cell: str) -> Tensor:
     Outputs:
         blocks: ``(G, H, H_in)``, a view (no copy).
     """
-    if cell not in GATE_BLOCKS:
+    if isinstance(cell, int) and not isinstance(cell, bool):
+        if cell < 1:
+            raise ValueError(f"Expected a number of gate blocks >= 1, got {cell}")
+        num_gates = cell
+    elif cell not in GATE_BLOCKS:
         raise ValueError(f"Expected cell in {sorted(GATE_BLOCKS)}, got {cell!r}")
+    else:
+        num_gates = len(GATE_BLOCKS[cell])
     if weight.dim() != 2:
         raise ValueError(f"Expected a 2-D weight_hh, got shape {list(weight.shape)}")
-    num_gates = len(GATE_BLOCKS[cell])
     if weight.shape[0] % num_gates:
         raise ValueError(
             f"Expected weight_hh rows divisible by {num_gates} gate blocks for {cell!r}, got shape {list(weight.shape)}"
@@ -304,7 +375,7 @@ def recurrent_spectral_norms(
         raise ValueError(f"Expected num_iters >= 1 and warmup_iters >= 1, got {num_iters} and {warmup_iters}")
     out: list[BlockSpectralNorm] = []
     for rw in weights:
-        blocks = gate_blocks(rw.weight.detach(), rw.cell)  # (G, H, H_in)
+        blocks = gate_blocks(rw.weight.detach(), len(rw.blocks))  # (G, H, H_in)
         if exact:
             sigma = spectral_norm_exact(blocks)
         else:
@@ -314,6 +385,6 @@ def recurrent_spectral_norms(
             sigma, v = power_iteration(blocks, v, num_iters=warmup_iters if v is None else num_iters)
             if state is not None:
                 state[rw.name] = v
-        for (block, gamma), s in zip(GATE_BLOCKS[rw.cell], sigma.tolist()):
+        for (block, gamma), s in zip(rw.blocks, sigma.tolist()):
             out.append(BlockSpectralNorm(rw.name, block, float(s), gamma))
     return out

@@ -19,21 +19,29 @@ from torch import Tensor, nn
 from torchmetrics import Accuracy, F1Score
 
 from lightning_rnn.functional.tbptt import batch_time_length
+from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule
 from lightning_rnn.nn.rnn import RNNStack
 from lightning_rnn.nn.state import map_state, select_state_rows
 
-_OPTIMIZERS = ("adam", "adamw", "sgd")
 
+def unpack_labeled(batch: Any, *, require_labels: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(inputs, lengths or None, labels)`` from a dict or an ``(inputs, labels)`` tuple.
 
-def unpack_labeled(batch: Any) -> tuple[Tensor, Tensor | None, Tensor]:
-    """``(inputs, lengths or None, labels)`` from a dict or an ``(inputs, labels)`` tuple."""
+    With ``require_labels=False`` (prediction) labels may be missing: a dict without ``"labels"``, or the
+    inputs alone (a tensor, or a 1-tuple as ``TensorDataset`` batches are); they are then ``None``.
+    """
     if isinstance(batch, Mapping):
-        if "inputs" not in batch or "labels" not in batch:
-            raise ValueError(f"Expected a dict batch with keys 'inputs' and 'labels', got keys {sorted(batch)}")
-        return batch["inputs"], batch.get("lengths"), batch["labels"]
+        if "inputs" not in batch or (require_labels and "labels" not in batch):
+            keys = "'inputs' and 'labels'" if require_labels else "'inputs'"
+            raise ValueError(f"Expected a dict batch with keys {keys}, got keys {sorted(batch)}")
+        return batch["inputs"], batch.get("lengths"), batch.get("labels")
     if isinstance(batch, list | tuple) and len(batch) == 2:
         return batch[0], None, batch[1]
+    if not require_labels and isinstance(batch, Tensor):
+        return batch, None, None
+    if not require_labels and isinstance(batch, list | tuple) and len(batch) == 1:
+        return batch[0], None, None
     raise TypeError(
         "Expected a batch {'inputs': ..., 'lengths': ..., 'labels': ...} (as pad_collate returns) or a tuple "
         f"(inputs, labels), got {type(batch).__name__}"
@@ -77,7 +85,10 @@ class _RecurrentTask(TBPTTModule):
         optimizer: str,
         lr: float,
         weight_decay: float,
-        ignore_index: int = -100,
+        pad_id: int = -100,
+        lr_scheduler_step: str = "batch",
+        max_consecutive_skips: int = 10,
+        nonfinite_inputs: str = "error",
     ) -> None:
         super().__init__(
             tbptt_steps=tbptt_steps,
@@ -86,6 +97,9 @@ class _RecurrentTask(TBPTTModule):
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             eval_tbptt_steps=eval_tbptt_steps,
+            lr_scheduler_step=lr_scheduler_step,
+            max_consecutive_skips=max_consecutive_skips,
+            nonfinite_inputs=nonfinite_inputs,
         )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"Expected num_classes to be an int >= 2, got {num_classes!r}")
@@ -99,10 +113,13 @@ class _RecurrentTask(TBPTTModule):
             _positive_int("embedding_dim", embedding_dim)
         else:
             _positive_int("input_size", input_size)
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"Expected optimizer in {_OPTIMIZERS}, got {optimizer!r}")
-        if not lr > 0:
-            raise ValueError(f"Expected lr > 0, got {lr}")
+        check_optimizer_args(optimizer, lr, weight_decay)
+        if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+            raise ValueError(f"Expected pad_id to be an int, got {pad_id!r}")
+        if self._per_step_labels and 0 <= pad_id < num_classes:
+            raise ValueError(
+                f"Expected pad_id outside [0, num_classes={num_classes}) (it marks steps without a label), got {pad_id}"
+            )
         if not 0 <= dropout < 1:
             raise ValueError(f"Expected dropout in [0, 1), got {dropout}")
         if bidirectional and (tbptt_steps is not None or eval_tbptt_steps is not None):
@@ -110,7 +127,7 @@ class _RecurrentTask(TBPTTModule):
         self.num_classes = num_classes
         self.vocab_size = vocab_size
         self.input_size = input_size
-        self.ignore_index = ignore_index
+        self.pad_id = pad_id
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if vocab_size is not None else None
         self.rnn = RNNStack(
             cell,
@@ -128,7 +145,7 @@ class _RecurrentTask(TBPTTModule):
         self.head = nn.Linear(self.rnn.output_size, num_classes)
         metric_kw: dict[str, Any] = {"task": "multiclass", "num_classes": num_classes}
         if self._per_step_labels:
-            metric_kw["ignore_index"] = ignore_index
+            metric_kw["ignore_index"] = pad_id
         for stage in ("train", "val", "test"):  # train_metrics, val_metrics, test_metrics
             metrics = {"acc": Accuracy(**metric_kw), "f1": F1Score(average="macro", **metric_kw)}
             setattr(self, f"{stage}_metrics", nn.ModuleDict(metrics))
@@ -144,8 +161,9 @@ class _RecurrentTask(TBPTTModule):
         )
 
     # ------------------------------------------------------------------ checks
-    def _check_batch(self, inputs: Tensor, lengths: Tensor | None, labels: Tensor) -> None:
-        if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
+    def _check_batch(self, inputs: Tensor, lengths: Tensor | None, labels: Tensor | None) -> None:
+        """Inputs, lengths and (unless ``None``: prediction) labels checked against the module's options."""
+        if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor | None):
             raise TypeError(
                 f"Expected inputs and labels to be Tensors, got {type(inputs).__name__} and {type(labels).__name__}"
             )
@@ -171,6 +189,8 @@ class _RecurrentTask(TBPTTModule):
                     f"Expected every length in [1, {length}] (L of inputs {tuple(inputs.shape)}), got min "
                     f"{int(lengths.min())}, max {int(lengths.max())}"
                 )
+        if labels is None:
+            return
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise TypeError(f"Expected integer labels, got dtype {labels.dtype}")
         expected = (n, length) if self._per_step_labels else (n,)
@@ -178,7 +198,7 @@ class _RecurrentTask(TBPTTModule):
             raise ValueError(f"Expected labels of shape {expected}, got {tuple(labels.shape)}")
         valid = labels
         if self._per_step_labels:
-            keep = labels != self.ignore_index
+            keep = labels != self.pad_id
             if lengths is not None:
                 steps = torch.arange(length, device=labels.device)
                 keep = keep & (steps.unsqueeze(0) < lengths.to(labels.device).unsqueeze(1))
@@ -186,15 +206,16 @@ class _RecurrentTask(TBPTTModule):
         if valid.numel():
             bad = valid[(valid < 0) | (valid >= self.num_classes)]
             if bad.numel():
-                extra = f" (ignore_index={self.ignore_index} marks steps without a label)" if self._per_step_labels else ""
+                extra = f" (pad_id={self.pad_id} marks steps without a label)" if self._per_step_labels else ""
                 raise ValueError(
                     f"Expected labels in [0, num_classes={self.num_classes}){extra}, got label {int(bad[0])}"
                 )
 
     # ------------------------------------------------------------------ chunks
     def slice_batch(self, batch: Any, start: int, end: int) -> dict[str, Any]:
-        """The chunk ``[start, end)`` as ``{"inputs", "lengths", "labels", "ends", "start", "end"}``."""
-        inputs, lengths, labels = unpack_labeled(batch)
+        """The chunk ``[start, end)`` as ``{"inputs", "lengths", "labels", "ends", "start", "end"}`` (labels
+        ``None`` in a prediction batch without labels)."""
+        inputs, lengths, labels = unpack_labeled(batch, require_labels=False)
         n, total = inputs.shape[0], inputs.shape[1]
         if lengths is None:
             lengths = torch.full((n,), total, dtype=torch.long, device=inputs.device)
@@ -202,26 +223,32 @@ class _RecurrentTask(TBPTTModule):
         return {
             "inputs": inputs[:, start:end],
             "lengths": (lengths - start).clamp(0, end - start),
-            "labels": labels[:, start:end] if self._per_step_labels else labels,
+            "labels": labels[:, start:end] if self._per_step_labels and labels is not None else labels,
             "ends": (lengths > start) & (lengths <= end),
             "start": start,
             "end": end,
         }
 
-    def encode(self, inputs: Tensor, lengths: Tensor, state: Any = None) -> tuple[Tensor, Any, Tensor]:
+    def encode(self, inputs: Tensor, lengths: Tensor | None, state: Any = None) -> tuple[Tensor, Any, Tensor]:
         """Run the encoder on the rows that have steps in this chunk; the other rows' state is untouched.
 
-        Inputs: inputs (N, k) ids or (N, k, F) features; lengths (N,) valid steps in [0, k]; state or None.
+        Inputs: inputs (N, k) ids or (N, k, F) features; lengths (N,) valid steps in [0, k], or None: every
+        row has all k steps (no data-dependent row selection or packing, so ``torch.export`` can trace it);
+        state or None.
         Outputs: outputs (A, k, D*H) of the A active rows (zero past each row's length), the new state of all
         N rows (active rows replaced, graph attached), and the active row indices (A,).
         """
         n, k = inputs.shape[0], inputs.shape[1]
-        lengths = lengths.to(inputs.device)
-        idx = torch.nonzero(lengths > 0).flatten()  # (A,)
-        all_active = idx.numel() == n
         if state is None:
             ref = self.rnn.weight_hh_l0
             state = self.rnn.init_state(n, device=inputs.device, dtype=ref.dtype)
+        if lengths is None:
+            x = self.embedding(inputs) if self.embedding is not None else inputs  # (N, k, F)
+            out, new = self.rnn(x, state)
+            return out, new, torch.arange(n, device=inputs.device)
+        lengths = lengths.to(inputs.device)
+        idx = torch.nonzero(lengths > 0).flatten()  # (A,)
+        all_active = idx.numel() == n
         x = inputs if all_active else inputs.index_select(0, idx)
         x = self.embedding(x) if self.embedding is not None else x  # (A, k, F)
         if idx.numel() == 0:
@@ -243,6 +270,14 @@ class _RecurrentTask(TBPTTModule):
         inputs, lengths, labels = unpack_labeled(batch)
         self._check_batch(inputs, lengths, labels)
         batch_time_length((inputs, labels) if self._per_step_labels else inputs)
+
+    def _validate_predict(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Checks a prediction batch (labels optional, ignored); returns ``(inputs, lengths (N,))``."""
+        inputs, lengths, labels = unpack_labeled(batch, require_labels=False)
+        self._check_batch(inputs, lengths, None)
+        if lengths is None:
+            lengths = torch.full((inputs.shape[0],), inputs.shape[1], dtype=torch.long, device=inputs.device)
+        return inputs, lengths.to(inputs.device).long()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         self._validate(batch)
@@ -293,10 +328,7 @@ class _RecurrentTask(TBPTTModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)
 
 
 def _leaves(state: Any) -> list[Tensor]:

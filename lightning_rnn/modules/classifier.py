@@ -54,8 +54,9 @@ class RNNClassifier(_RecurrentTask):
         embedding_dim, hidden_size, num_layers, cell (``"rnn"``, ``"lstm"``, ``"gru"``), bidirectional: encoder.
         summary: ``"last"``, ``"mean"``, ``"max"`` or ``"attention"``.
         loss_at: ``"end"`` or ``"every_chunk"`` (TBPTT only; identical without TBPTT).
-        tbptt_steps, tbptt_backprop_steps, gradient_clip_val, gradient_clip_algorithm, eval_tbptt_steps: see
-            :class:`~lightning_rnn.TBPTTModule` (``carry_state`` is off: every batch is a set of sequences).
+        tbptt_steps, tbptt_backprop_steps, gradient_clip_val, gradient_clip_algorithm, eval_tbptt_steps,
+            lr_scheduler_step, max_consecutive_skips, nonfinite_inputs: see :class:`~lightning_rnn.TBPTTModule`
+            (``carry_state`` is off: every batch is a set of sequences).
         input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
             dropout of the encoder; dropout: dropout on the summary before the head.
         optimizer (``"adam"``, ``"adamw"``, ``"sgd"``), lr, weight_decay.
@@ -68,7 +69,8 @@ class RNNClassifier(_RecurrentTask):
         >>> import torch
         >>> from lightning_rnn import RNNClassifier
         >>> clf = RNNClassifier(num_classes=3, input_size=4, hidden_size=8, cell="gru", summary="mean")
-        >>> clf(torch.randn(2, 5, 4), lengths=torch.tensor([5, 2])).shape
+        >>> logits, state = clf(torch.randn(2, 5, 4), lengths=torch.tensor([5, 2]))
+        >>> logits.shape
         torch.Size([2, 3])
     """
 
@@ -90,6 +92,9 @@ class RNNClassifier(_RecurrentTask):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
+        lr_scheduler_step: str = "batch",
+        max_consecutive_skips: int = 10,
+        nonfinite_inputs: str = "error",
         input_dropout: float = 0.0,
         layer_dropout: float = 0.0,
         output_dropout: float = 0.0,
@@ -119,6 +124,9 @@ class RNNClassifier(_RecurrentTask):
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             eval_tbptt_steps=eval_tbptt_steps,
+            lr_scheduler_step=lr_scheduler_step,
+            max_consecutive_skips=max_consecutive_skips,
+            nonfinite_inputs=nonfinite_inputs,
             input_dropout=input_dropout,
             layer_dropout=layer_dropout,
             output_dropout=output_dropout,
@@ -135,11 +143,14 @@ class RNNClassifier(_RecurrentTask):
         self.attention = AttentionPooling(self.rnn.output_size) if summary == "attention" else None
 
     # ------------------------------------------------------------------ model
-    def _chunk_summary(self, inputs: Tensor, lengths: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """One chunk: the summary so far (N, D*H) of every row and the new carried state."""
+    def _chunk_summary(self, inputs: Tensor, lengths: Tensor | None, state: Any) -> tuple[Tensor, Any]:
+        """One chunk: the summary so far (N, D*H) of every row and the new carried state (lengths None: all
+        rows have every step)."""
         rnn_state = state["rnn"] if state is not None else None
         pool = state["pool"] if state is not None else None
         out, rnn_state, idx = self.encode(inputs, lengths, rnn_state)  # (A, k, D*H)
+        if lengths is None:
+            lengths = torch.full((inputs.shape[0],), inputs.shape[1], dtype=torch.long, device=out.device)
         if self.summary == "last":
             h = rnn_state[0] if isinstance(rnn_state, tuple) else rnn_state  # (D*layers, N, H)
             d = self.rnn.num_directions
@@ -162,14 +173,36 @@ class RNNClassifier(_RecurrentTask):
         Inputs: inputs (N, L) ids or (N, L, F) features; lengths (N,) or None (all L).
         Outputs: (N, D*H).
         """
-        if lengths is None:
-            lengths = torch.full((inputs.shape[0],), inputs.shape[1], dtype=torch.long)
-        summary, _ = self._chunk_summary(inputs, lengths.to(inputs.device), None)
+        summary, _ = self._chunk_summary(inputs, lengths.to(inputs.device) if lengths is not None else None, None)
         return summary
 
-    def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Inputs: inputs (N, L) ids or (N, L, F) features, lengths (N,) or None. Outputs: logits (N, C)."""
-        return self.head(self.dropout(self.summarize(inputs, lengths)))
+    def forward(self, inputs: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Logits of the sequence read so far, and the state to continue it with.
+
+        Inputs: inputs (N, L) ids or (N, L, F) features; state ``None`` (start of the sequences) or the state
+        a previous call returned; lengths (N,) valid steps of each row in this call, in [0, L] (``None``: all
+        L; a row with 0 steps keeps its state).
+        Outputs: logits (N, C) of each row's summary so far; state ``{"rnn": RNNStack state, "pool": pooling
+        accumulators or None}``. Feeding a sequence in pieces with the state carried gives the logits of the
+        whole sequence (TBPTT evaluation and :meth:`predict_step` do exactly that).
+        """
+        if lengths is None:
+            lengths = torch.full((inputs.shape[0],), inputs.shape[1], dtype=torch.long, device=inputs.device)
+        summary, state = self._chunk_summary(inputs, lengths.to(inputs.device), state)  # (N, D*H)
+        return self.head(self.dropout(summary)), state  # (N, C)
+
+    def predict_chunk(self, chunk: Any, state: Any) -> tuple[Tensor, Any]:
+        return self(chunk["inputs"], state, chunk["lengths"])
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Class probabilities (N, C) float32 of every sequence of ``batch`` (labels, if present, are ignored).
+
+        The batch is read in chunks of ``eval_tbptt_steps`` (else ``tbptt_steps``; else whole) with the state
+        carried, exactly as in evaluation; rows run packed on their true ``"lengths"``.
+        """
+        self._validate_predict(batch)
+        logits = super().predict_step(batch, batch_idx)[-1]  # (N, C) after the last chunk
+        return torch.softmax(logits.float(), dim=-1)
 
     def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
         lengths, labels, ends = chunk["lengths"], chunk["labels"], chunk["ends"]

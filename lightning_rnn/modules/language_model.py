@@ -15,6 +15,7 @@ from lightning_rnn.functional.activation_reg import (
     activation_regularization,
     temporal_activation_regularization,
 )
+from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 from lightning_rnn.nn.dropout import EmbeddingDropout, locked_dropout
 from lightning_rnn.nn.rnn import RNNStack
@@ -22,7 +23,6 @@ from lightning_rnn.nn.softmax import CandidateSampler, adaptive_softmax, sampled
 
 __all__ = ["RNNLanguageModel"]
 
-_OPTIMIZERS = ("adam", "adamw", "sgd")
 _OUTPUTS = ("full", "adaptive", "sampled")
 
 
@@ -46,7 +46,8 @@ class RNNLanguageModel(TBPTTModule):
     (optionally tied to the embedding). The loss of a chunk is the mean token cross-entropy over that chunk.
     Logs ``train/loss`` (+ ``train/loss_chunk``), ``train/ppl``, ``train/bits_per_token``, ``val/loss``,
     ``val/ppl``, ``val/bits_per_token`` (torchmetrics ``Perplexity`` over whole validation sequences) and the
-    same for ``test/``.
+    same for ``test/``. ``trainer.predict`` returns per batch the (N, L) log-likelihood of every target
+    (:meth:`predict_step`).
 
     Batches are ``(inputs, targets)`` LongTensors ``(N, L)`` (targets = inputs shifted by one) or a dict with
     ``"inputs"``, ``"targets"`` (and optionally ``"reset"``), as :class:`~lightning_rnn.data.TextStreamDataModule`
@@ -59,9 +60,12 @@ class RNNLanguageModel(TBPTTModule):
         num_layers: stacked recurrent layers.
         cell: ``"rnn"`` (tanh), ``"lstm"`` or ``"gru"``.
         tbptt_steps, tbptt_backprop_steps, carry_state, variable_bptt, gradient_clip_val,
-            gradient_clip_algorithm, eval_tbptt_steps: see :class:`~lightning_rnn.TBPTTModule`.
+            gradient_clip_algorithm, eval_tbptt_steps, variable_bptt_std, variable_bptt_min, lr_scheduler_step,
+            max_consecutive_skips, nonfinite_inputs: see :class:`~lightning_rnn.TBPTTModule`.
         input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
             dropout of the :class:`~lightning_rnn.nn.RNNStack`.
+        zoneout: zoneout probability of the recurrent state (Krueger et al. 2016), see
+            :class:`~lightning_rnn.nn.RNNStack`.
         embedding_dropout: drops whole vocabulary rows of the embedding (AWD-LSTM).
         ar_alpha, tar_beta: AWD-LSTM's activation regularization ``ar_alpha * mean(dropped outputs**2)`` and
             temporal activation regularization ``tar_beta * mean((h_t - h_{t-1})**2)`` on the last layer's
@@ -71,7 +75,8 @@ class RNNLanguageModel(TBPTTModule):
             recurrent output size ``D*H``).
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; override ``configure_optimizers`` for anything else.
         lr, weight_decay: optimizer settings.
-        ignore_index: target id that carries no loss (padding).
+        pad_id: target id that carries no loss and is not counted by the perplexity (padding);
+            :meth:`predict_step` gives it NaN. The default ``-100`` is no token id.
         output: the output layer for large vocabularies: ``"full"`` (linear + softmax over V), ``"adaptive"``
             (``torch.nn.AdaptiveLogSoftmaxWithLoss``: exact log-probabilities, used for training *and*
             evaluation; ids must be sorted by decreasing frequency) or ``"sampled"`` (sampled softmax in
@@ -111,6 +116,7 @@ class RNNLanguageModel(TBPTTModule):
         output_dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         recurrent_dropout_mode: str = "weight",
+        zoneout: float = 0.0,
         embedding_dropout: float = 0.0,
         ar_alpha: float = 0.0,
         tar_beta: float = 0.0,
@@ -121,7 +127,12 @@ class RNNLanguageModel(TBPTTModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
-        ignore_index: int = -100,
+        variable_bptt_std: float = 5.0,
+        variable_bptt_min: int = 5,
+        lr_scheduler_step: str = "batch",
+        max_consecutive_skips: int = 10,
+        nonfinite_inputs: str = "error",
+        pad_id: int = -100,
         output: str = "full",
         adaptive_cutoffs: list[int] | None = None,
         adaptive_div_value: float = 4.0,
@@ -137,28 +148,40 @@ class RNNLanguageModel(TBPTTModule):
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             eval_tbptt_steps=eval_tbptt_steps,
+            variable_bptt_std=variable_bptt_std,
+            variable_bptt_min=variable_bptt_min,
+            lr_scheduler_step=lr_scheduler_step,
+            max_consecutive_skips=max_consecutive_skips,
+            nonfinite_inputs=nonfinite_inputs,
         )
         for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"Expected optimizer in {_OPTIMIZERS}, got {optimizer!r}")
-        if not lr > 0:
-            raise ValueError(f"Expected lr > 0, got {lr}")
+        check_optimizer_args(optimizer, lr, weight_decay)
+        if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+            raise ValueError(f"Expected pad_id to be an int, got {pad_id!r}")
         if output not in _OUTPUTS:
             raise ValueError(f"Expected output in {_OUTPUTS}, got {output!r}")
+        if output != "full" and type(self).project is not RNNLanguageModel.project:
+            raise TypeError(
+                f"Expected output='full' with {type(self).__name__}.project overridden, got output={output!r}: the "
+                f"{output} softmax loss reads the output layer's weights directly, so training would ignore project()."
+            )
         if output == "adaptive" and tie_weights:
             raise ValueError("Expected tie_weights=False with output='adaptive' (its head has V' < V rows), got True")
         if output == "sampled" and (isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or num_sampled < 1):
             raise ValueError(f"Expected num_sampled to be a positive int, got {num_sampled!r}")
+        if sampler_counts is not None:
+            # saved as a plain list: a checkpoint must rebuild the same sampler (load_from_checkpoint, the CLI)
+            sampler_counts = [float(c) for c in torch.as_tensor(sampler_counts, dtype=torch.float64).flatten()]
         for name, value in (("ar_alpha", ar_alpha), ("tar_beta", tar_beta)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ValueError(f"Expected {name} >= 0, got {value!r}")
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
-        self.save_hyperparameters(ignore=["sampler_counts"])
+        self.save_hyperparameters()
         self.output = output
         self.vocab_size = vocab_size
-        self.ignore_index = ignore_index
+        self.pad_id = pad_id
         embedding = nn.Embedding(vocab_size, embedding_dim)
         self.embedding: nn.Module = EmbeddingDropout(embedding, embedding_dropout) if embedding_dropout else embedding
         self.rnn = RNNStack(
@@ -171,6 +194,7 @@ class RNNLanguageModel(TBPTTModule):
             output_dropout=output_dropout,
             recurrent_dropout=recurrent_dropout,
             recurrent_dropout_mode=recurrent_dropout_mode,
+            zoneout=zoneout,
         )
         self.sampler: CandidateSampler | None = None
         if output == "adaptive":
@@ -191,18 +215,22 @@ class RNNLanguageModel(TBPTTModule):
                     f"{embedding_dim} and output size {self.rnn.output_size}"
                 )
             self.decoder.weight = embedding.weight
-        self.val_ppl = Perplexity(ignore_index=ignore_index)
-        self.test_ppl = Perplexity(ignore_index=ignore_index)
+        self.val_ppl = Perplexity(ignore_index=pad_id)
+        self.test_ppl = Perplexity(ignore_index=pad_id)
 
     # ------------------------------------------------------------------ model
-    def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
-        """Inputs: tokens (N, L) LongTensor, state (optional). Outputs: logits (N, L, V), state.
+    def forward(self, inputs: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Next-token scores and the state to continue with.
+
+        Inputs: inputs (N, L) LongTensor; state ``None`` (zeros) or the state a previous call returned;
+        lengths (N,) valid steps per row (``None``: all L; see :class:`~lightning_rnn.nn.RNNStack`).
+        Outputs: logits (N, L, V), state.
 
         With ``output="adaptive"`` the "logits" are the exact log-probabilities (their ``log_softmax`` is
         themselves); with ``"sampled"`` they are the full decoder's logits.
         """
-        emb = self.embedding(tokens)  # (N, L, E)
-        out, state = self.rnn(emb, state)  # (N, L, D*H)
+        emb = self.embedding(inputs)  # (N, L, E)
+        out, state = self.rnn(emb, state, lengths=lengths)  # (N, L, D*H)
         return self.project(out), state  # (N, L, V)
 
     def project(self, features: Tensor) -> Tensor:
@@ -221,11 +249,11 @@ class RNNLanguageModel(TBPTTModule):
         for ``"sampled"``); evaluation is always exact (full softmax, or exact adaptive log-probabilities).
         Scores are returned in evaluation only.
         """
-        valid = targets != self.ignore_index  # (N, L)
+        valid = targets != self.pad_id  # (N, L)
         weight = valid.sum()
         if self.output == "full" or (self.output == "sampled" and not self.training):
-            logits = self.decoder(features)  # (N, L, V)
-            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=self.ignore_index)
+            logits = self.project(features)  # (N, L, V); a subclass's project() override trains and evaluates
+            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=self.pad_id)
             return loss, weight, None if self.training else logits
         flat, tgt = features[valid], targets[valid]  # (M, D*H), (M,)
         if tgt.numel() == 0:
@@ -244,7 +272,7 @@ class RNNLanguageModel(TBPTTModule):
                 raise TypeError(f"Expected {name} to be an integer tensor of token ids, got dtype {t.dtype}")
             if t.dim() != 2:
                 raise ValueError(f"Expected {name} of shape (N, L), got {tuple(t.shape)}")
-            valid = t[t != self.ignore_index] if name == "targets" else t
+            valid = t[t != self.pad_id] if name == "targets" else t
             if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.vocab_size):
                 bad = int(valid.max()) if int(valid.max()) >= self.vocab_size else int(valid.min())
                 raise ValueError(
@@ -267,11 +295,30 @@ class RNNLanguageModel(TBPTTModule):
         loss, weight, scores = self.token_loss(out, targets)  # scores (N, k, V) in evaluation
         step = TBPTTStep(loss=loss, state=state, weight=weight, outputs=scores)
         if regularize:
-            valid = targets != self.ignore_index  # padding steps count in neither penalty
+            valid = targets != self.pad_id  # padding steps count in neither penalty
             ar = activation_regularization(out, self.ar_alpha, valid)
             tar = temporal_activation_regularization(raw, self.tar_beta, valid)
             step.penalty, step.metrics = ar + tar, {"ar": ar.detach(), "tar": tar.detach()}
         return step
+
+    def predict_chunk(self, chunk: Any, state: Any) -> tuple[Tensor, Any]:
+        inputs, targets = _unpack(chunk)
+        scores, state = self(inputs, state)  # (N, k, V)
+        log_probs = torch.log_softmax(scores.float(), dim=-1)  # exact for every output layer
+        valid = targets != self.pad_id  # (N, k)
+        picked = log_probs.gather(-1, targets.masked_fill(~valid, 0).unsqueeze(-1)).squeeze(-1)  # (N, k)
+        return picked.masked_fill(~valid, float("nan")), state
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Per-token log-likelihoods ``log p(targets[n, t] | inputs[n, :t+1], carried state)``, (N, L) float32.
+
+        Targets equal to ``pad_id`` give NaN. Evaluation semantics: chunks of ``eval_tbptt_steps`` (else
+        ``tbptt_steps``), the state carried across chunks and, with ``carry_state``, across batches (so over
+        a text stream the sum of the non-NaN entries is the stream's log-likelihood; ``-mean`` is ``test/loss``).
+        Batches are what training takes: ``(inputs, targets)`` or ``{"inputs", "targets"}``.
+        """
+        self._check_tokens(*_unpack(batch))
+        return torch.cat(super().predict_step(batch, batch_idx), dim=1)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -310,32 +357,35 @@ class RNNLanguageModel(TBPTTModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)
 
     # ------------------------------------------------------------------ diagnostics probe
     def gradient_flow_probe(self, batch: Any, max_steps: int | None = None) -> tuple[list[Any], Tensor]:
-        """Per-step states and per-step losses for :class:`~lightning_rnn.callbacks.GradientFlowMonitor`.
+        """Per-step states and per-row losses for the gradient-flow callbacks (faster than the default probe).
 
-        Runs the same parameters step by step (``RNNStack.forward_steps``) over the first ``max_steps`` steps of
-        ``batch``. Outputs: a list of L states (graph attached) and the token losses (N, L).
+        Runs the same parameters one step at a time over the first ``max_steps`` steps of ``batch`` (inside
+        :func:`~lightning_rnn.functional.gradient_flow.unrolled_recurrence`, so the loss at t is read from the
+        state after step t) and returns every row's token loss: one backward pass serves the whole probe.
+        Outputs: a list of L states (graph attached) and the token losses (N, L), NaN at ``pad_id``.
         """
+        from lightning_rnn.functional.gradient_flow import unrolled_recurrence
+
         inputs, targets = _unpack(batch)
         if max_steps is not None:
             inputs, targets = inputs[:, :max_steps], targets[:, :max_steps]
-        out, step_states = self.rnn.forward_steps(self.embedding(inputs))  # (N, L, H)
-        if not self.rnn.residual:
-            # The loss must hang off the very tensors returned as states, or dL_t/dh_t would be 0: the top
-            # layer's h after step t equals out[:, t] (eval mode), but the kernel returns them as two tensors.
-            out = torch.stack([(s[0] if isinstance(s, tuple) else s)[-1] for s in step_states], dim=1)
-        scores = self.project(out)  # (N, L, V): exact logits / log-probabilities
+        emb = self.embedding(inputs)  # (N, L, E)
+        state, step_states, outs = None, [], []
+        with unrolled_recurrence(self.rnn):
+            for t in range(emb.shape[1]):
+                out, state = self.rnn(emb[:, t : t + 1], state)  # (N, 1, D*H): the state's top h
+                outs.append(out)
+                step_states.append(state)
+        scores = self.project(torch.cat(outs, 1))  # (N, L, V): exact logits / log-probabilities
         losses = F.cross_entropy(
-            scores.transpose(1, 2), targets, ignore_index=self.ignore_index, reduction="none"
+            scores.transpose(1, 2), targets, ignore_index=self.pad_id, reduction="none"
         )  # (N, L)
         # the probe protocol marks positions without a target by NaN (not a zero-norm sample)
-        return step_states, losses.masked_fill(targets == self.ignore_index, float("nan"))
+        return step_states, losses.masked_fill(targets == self.pad_id, float("nan"))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

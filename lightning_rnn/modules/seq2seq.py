@@ -15,6 +15,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CharErrorRate
 
+from lightning_rnn.data.vocab import Vocab
+from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.nn.search import SearchOutput
 from lightning_rnn.nn.seq2seq import AttentionDecoder, Bridge, EncoderDecoder, Seq2SeqEncoder
 
@@ -30,6 +32,17 @@ def _vocab_size(vocab: Any, name: str) -> int:
     if size < 1:
         raise ValueError(f"Expected {name} >= 1, got {size}")
     return size
+
+
+def _saved_vocab(vocab: Any) -> Any:
+    """A lightning-rnn vocabulary as its plain dict (``Vocab.to_dict``): checkpoints stay loadable with
+    ``torch.load(weights_only=True)``, which Lightning uses; sizes and other objects as they are."""
+    return vocab.to_dict() if isinstance(vocab, Vocab) else vocab
+
+
+def _vocab_object(vocab: Any) -> Any:
+    """Inverse of :func:`_saved_vocab`: a saved dict back to the vocabulary."""
+    return Vocab.from_dict(vocab) if isinstance(vocab, Mapping) else vocab
 
 
 def unpack_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -70,16 +83,16 @@ def plot_attention(weights: Tensor, src_tokens: Sequence[str], tgt_tokens: Seque
                    title: str | None = None):
     """Heatmap of attention weights (T, S) with target tokens on the y axis and source tokens on the x axis.
 
-    Returns the matplotlib figure (also saved to ``path`` as PNG when given).
+    Returns a ``matplotlib.figure.Figure`` with its own Agg canvas (no pyplot state, the process's matplotlib
+    backend untouched), also saved to ``path`` as PNG when given.
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     w = weights.detach().float().cpu()[: len(tgt_tokens), : len(src_tokens)]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.3 * max(len(src_tokens), 4), 1.0 + 0.3 * max(len(tgt_tokens), 4)))
+    fig = Figure(figsize=(1.0 + 0.3 * max(len(src_tokens), 4), 1.0 + 0.3 * max(len(tgt_tokens), 4)))
+    FigureCanvasAgg(fig)  # a canvas of its own: no pyplot, no global backend change
+    ax = fig.add_subplot(1, 1, 1)
     ax.imshow(w.numpy(), cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(src_tokens)), list(src_tokens), rotation=90, fontsize=7)
     ax.set_yticks(range(len(tgt_tokens)), list(tgt_tokens), fontsize=7)
@@ -99,7 +112,8 @@ class Seq2SeqAttention(L.LightningModule):
 
     Encoder :class:`~lightning_rnn.nn.seq2seq.Seq2SeqEncoder` (embedding -> ``RNNStack`` with every
     step-tied dropout, packed over the true lengths) -> :class:`~lightning_rnn.nn.seq2seq.Bridge` ->
-    :class:`~lightning_rnn.nn.seq2seq.AttentionDecoder`; plain automatic optimization (Adam).
+    :class:`~lightning_rnn.nn.seq2seq.AttentionDecoder`; plain automatic optimization (``optimizer``).
+    ``trainer.predict`` decodes every source (:meth:`predict_step`: token ids without BOS / EOS / padding).
 
     Batches (see :func:`lightning_rnn.data.seq2seq.seq2seq_collate`): a dict with keys ``src`` (N, S),
     ``src_lengths`` (N,), ``tgt_in`` (N, T) = BOS + target, ``tgt_out`` (N, T) = target + EOS (both
@@ -114,7 +128,10 @@ class Seq2SeqAttention(L.LightningModule):
 
     Args:
         src_vocab / tgt_vocab: vocabulary sizes, or vocabulary objects (``len()``, ``itos``, optional
-            ``join``) used to turn ids into strings for BLEU/CER and heatmap labels.
+            ``join``) used to turn ids into strings for BLEU/CER and heatmap labels. A lightning-rnn
+            :class:`~lightning_rnn.data.Vocab` is saved in the hyper-parameters as its ``to_dict()`` (also
+            accepted here), so checkpoints load with ``weights_only=True``; another vocabulary object is
+            pickled into the checkpoint, which then needs ``load_from_checkpoint(path, weights_only=False)``.
         embedding_dim: E (encoder and decoder).
         hidden_size: H per encoder direction.
         num_layers: encoder layers.
@@ -126,7 +143,7 @@ class Seq2SeqAttention(L.LightningModule):
         ordering: override the attention's ordering (``"bahdanau"`` | ``"luong"``).
         input_feeding: Luong input feeding.
         bridge: ``"projection"`` | ``"zeros"``.
-        tie_embeddings: tie the decoder's output projection to its embedding.
+        tie_weights: tie the decoder's output projection to its embedding.
         input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: encoder
             ``RNNStack`` step-tied dropouts.
         decoder_dropout: decoder dropout (embeddings, between layers, output).
@@ -134,10 +151,13 @@ class Seq2SeqAttention(L.LightningModule):
             ``teacher_forcing_end`` and ``teacher_forcing_steps`` it moves linearly from ``teacher_forcing``
             to ``teacher_forcing_end`` over that many optimizer steps (scheduled sampling), then stays.
         label_smoothing: of the training cross-entropy.
-        lr / weight_decay: Adam.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; override ``configure_optimizers`` for anything else.
+        lr / weight_decay: optimizer settings.
         beam_size / max_decode_len / max_decode_ratio / length_penalty / length_penalty_type: defaults of
             :meth:`generate` (validation metrics always decode greedily).
-        pad_id / bos_id / eos_id: special ids (the same in source and target vocabularies).
+        pad_id / bos_id / eos_id: special ids (the same in source and target vocabularies). ``pad_id`` pads
+            ``src``, ``tgt_in`` and ``tgt_out``: targets equal to it carry no loss and are not counted by the
+            metrics, and its embedding rows are the embeddings' ``padding_idx``.
         num_attention_maps: heatmaps logged per validation epoch (0 = none).
 
     Example::
@@ -161,16 +181,16 @@ class Seq2SeqAttention(L.LightningModule):
         embedding_dim: int = 64,
         hidden_size: int = 128,
         num_layers: int = 1,
+        cell: str = "lstm",
         *,
         decoder_hidden_size: int | None = None,
         decoder_num_layers: int | None = None,
-        cell: str = "lstm",
         bidirectional: bool = True,
         attention: str = "bahdanau",
         ordering: str | None = None,
         input_feeding: bool = True,
         bridge: str = "projection",
-        tie_embeddings: bool = False,
+        tie_weights: bool = False,
         input_dropout: float = 0.0,
         layer_dropout: float = 0.0,
         output_dropout: float = 0.0,
@@ -181,6 +201,7 @@ class Seq2SeqAttention(L.LightningModule):
         teacher_forcing_end: float | None = None,
         teacher_forcing_steps: int = 0,
         label_smoothing: float = 0.0,
+        optimizer: str = "adam",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         beam_size: int = 1,
@@ -194,7 +215,10 @@ class Seq2SeqAttention(L.LightningModule):
         num_attention_maps: int = 2,
     ) -> None:
         super().__init__()
+        check_optimizer_args(optimizer, lr, weight_decay)
+        src_vocab, tgt_vocab = _saved_vocab(src_vocab), _saved_vocab(tgt_vocab)
         self.save_hyperparameters()
+        src_vocab, tgt_vocab = _vocab_object(src_vocab), _vocab_object(tgt_vocab)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         src_size, tgt_size = _vocab_size(src_vocab, "src_vocab"), _vocab_size(tgt_vocab, "tgt_vocab")
         for name, p in (("teacher_forcing", teacher_forcing), ("teacher_forcing_end", teacher_forcing_end)):
@@ -209,6 +233,9 @@ class Seq2SeqAttention(L.LightningModule):
         for name, i in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
             if not 0 <= i < tgt_size:
                 raise ValueError(f"Expected {name} in [0, {tgt_size}) (the target vocab size), got {i}")
+        if pad_id == eos_id:
+            raise ValueError(f"Expected pad_id different from eos_id (the loss ignores pad_id: EOS would never be "
+                             f"learned), got pad_id=eos_id={pad_id}")
         dec_hidden = decoder_hidden_size or hidden_size
         if attention == "luong_dot" and decoder_hidden_size is None:
             dec_hidden = (2 if bidirectional else 1) * hidden_size  # dot scores need query size == key size
@@ -222,7 +249,7 @@ class Seq2SeqAttention(L.LightningModule):
         decoder = AttentionDecoder(
             tgt_size, embedding_dim, dec_hidden, encoder.output_size, dec_layers, cell=cell, attention=attention,
             ordering=ordering, input_feeding=input_feeding, dropout=decoder_dropout,
-            tie_embeddings=tie_embeddings, padding_idx=pad_id,
+            tie_weights=tie_weights, padding_idx=pad_id,
         )
         bridge_module = Bridge(cell, hidden_size, num_layers, bidirectional, cell, dec_hidden, dec_layers, mode=bridge)
         self.model = EncoderDecoder(encoder, decoder, bridge_module, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
@@ -310,7 +337,12 @@ class Seq2SeqAttention(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> list[list[int]]:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[list[int]]:
+        """The decoded target ids of every source of ``batch``: one list per row, without BOS, EOS and padding.
+
+        Decoding is :meth:`generate` with the constructor's defaults (``beam_size``: the best hypothesis).
+        Batches: a dict with ``"src"`` and ``"src_lengths"`` (other keys ignored) or a tuple starting with them.
+        """
         src, lengths = (batch["src"], batch["src_lengths"]) if isinstance(batch, Mapping) else batch[:2]
         out = self.generate(src, lengths)
         tokens, lens = (out.tokens, out.lengths) if out.tokens.dim() == 2 else (out.tokens[:, 0], out.lengths[:, 0])
@@ -360,11 +392,6 @@ class Seq2SeqAttention(L.LightningModule):
 
     @rank_zero_only
     def _draw_maps(self, src: Tensor, lengths: Tensor, out: SearchOutput, hyps: list[list[int]], folder: str) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
         step = self.global_step
         paths, figs = [], []
         for i in range(min(self.hparams.num_attention_maps, src.size(0))):
@@ -382,8 +409,12 @@ class Seq2SeqAttention(L.LightningModule):
             elif isinstance(logger, TensorBoardLogger):
                 for i, fig in enumerate(figs):
                     logger.experiment.add_figure(f"val/attention_{i}", fig, global_step=step, close=False)
-        for fig in figs:
-            plt.close(fig)
+
+    def configure_callbacks(self) -> list[Any]:
+        from lightning_rnn.callbacks.resume import ExactResume  # RNG restored when fit resumes
+
+        return [ExactResume()]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        return build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)

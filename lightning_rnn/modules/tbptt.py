@@ -3,22 +3,26 @@
 Lightning 2.0 removed ``truncated_bptt_steps``; its documented replacement is manual optimization inside
 ``training_step``. This base class is that loop, written once: a subclass says how one chunk is processed
 (:meth:`TBPTTModule.tbptt_step`), the base splits every batch along time, carries and detaches the
-recurrent state, takes one optimizer step per chunk, steps the LR schedulers, clips, logs, and evaluates
-arbitrarily long sequences in bounded memory.
+recurrent state, takes one optimizer step per chunk that has a loss, steps the LR schedulers, clips, skips
+non-finite steps, agrees with the other ranks under DDP, and evaluates arbitrarily long sequences in bounded
+memory.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_rnn.functional.clipping import grad_norm
 from lightning_rnn.functional.tbptt import (
     _tensors,
     batch_time_length,
@@ -27,11 +31,15 @@ from lightning_rnn.functional.tbptt import (
     variable_chunk_bounds,
     window_starts,
 )
-from lightning_rnn.nn.state import detach_state, reset_state_rows
+from lightning_rnn.nn.state import detach_state, map_state, reset_state_rows
 
-__all__ = ["TBPTTModule", "TBPTTStep"]
+__all__ = ["NonFiniteStepError", "TBPTTModule", "TBPTTStep"]
 
 _CLIP_ALGORITHMS = ("norm", "value")
+_LR_SCHEDULER_STEPS = ("batch", "optimizer_step")
+_NONFINITE_INPUTS = ("error", "skip")
+# Strategies whose manual-optimization path cannot run a TBPTT loop (Lightning #19626 for FSDP).
+_REFUSED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
 @dataclass
@@ -42,7 +50,9 @@ class TBPTTStep:
         loss: scalar mean loss over the targets the chunk counts.
         state: the recurrent state after the chunk, with its graph attached (the base detaches it).
         weight: how many targets ``loss`` averages over (tokens, unmasked steps, rows); used to combine
-            chunks into a batch mean and to weight the epoch mean. ``None`` means the chunk's time length.
+            chunks into a batch mean, to weight the epoch mean and, under DDP, to weight each rank's loss so
+            that the update equals one process's over the global batch. ``0`` means the chunk has no loss
+            (no optimizer step). ``None`` means the chunk's time length.
         outputs: anything the subclass wants back in :meth:`TBPTTModule.on_eval_chunk_end` (e.g. logits).
         metrics: extra scalars to log for this chunk (``train/<name>`` in training).
         penalty: a regularization term (e.g. AR/TAR, :mod:`lightning_rnn.functional.activation_reg`) added to
@@ -58,9 +68,136 @@ class TBPTTStep:
     penalty: Tensor | float = 0.0
 
 
+class NonFiniteStepError(RuntimeError):
+    """Raised by :class:`TBPTTModule` after ``max_consecutive_skips`` consecutive non-finite steps.
+
+    Attributes:
+        count: consecutive skipped steps.
+        step: ``trainer.global_step`` (optimizer steps taken) when it was raised.
+        reason: ``"loss"`` or ``"gradient"``, what was non-finite at the last skipped step.
+    """
+
+    def __init__(self, count: int, step: int, reason: str) -> None:
+        self.count, self.step, self.reason = count, step, reason
+        super().__init__(
+            f"The {reason} was non-finite (NaN/inf) for {count} consecutive TBPTT chunks (the last at global step "
+            f"{step}); each was skipped without touching the parameters. Training stopped instead of training on "
+            "NaNs: lower the learning rate, clip gradients, or check the data. Raise the module's "
+            "max_consecutive_skips to tolerate longer runs."
+        )
+
+
 def _check_steps(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"Expected {name} to be a positive int or None, got {value!r}")
+
+
+def _check_dim_spec(spec: Any, path: str = "state_batch_dim") -> None:
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool)):
+        return
+    if isinstance(spec, Mapping):
+        for key, value in spec.items():
+            _check_dim_spec(value, f"{path}[{key!r}]")
+        return
+    if isinstance(spec, list | tuple):
+        for i, value in enumerate(spec):
+            _check_dim_spec(value, f"{path}[{i}]")
+        return
+    raise TypeError(
+        f"Expected {path} to be an int, None, or a dict/tuple/list of those shaped like the state, got {spec!r}"
+    )
+
+
+def _state_leaves(state: Any, path: str = "state") -> list[tuple[str, Tensor]]:
+    """Tensor leaves of a nested state with their paths, in :func:`~lightning_rnn.nn.state.map_state`'s order."""
+    if state is None:
+        return []
+    if isinstance(state, Tensor):
+        return [(path, state)]
+    if isinstance(state, tuple | list):
+        return [leaf for i, s in enumerate(state) for leaf in _state_leaves(s, f"{path}[{i}]")]
+    if isinstance(state, dict):
+        return [leaf for k, s in state.items() for leaf in _state_leaves(s, f"{path}[{k!r}]")]
+    raise TypeError(f"Expected a Tensor, None or a nested tuple/list/dict of Tensors as state, got {type(state).__name__}")
+
+
+def _spec_dims(spec: Any, state: Any, path: str = "state") -> list[int | None]:
+    """One batch dim (or None: infer) per tensor leaf of ``state``; ``spec`` is a prefix of the state's nesting."""
+    if state is None:
+        return []
+    if spec is None or isinstance(spec, int):
+        return [spec] * len(_state_leaves(state, path))
+    if isinstance(state, dict) and isinstance(spec, Mapping):
+        out: list[int | None] = []
+        for key, value in state.items():
+            out.extend(_spec_dims(spec.get(key), value, f"{path}[{key!r}]"))
+        return out
+    if isinstance(state, tuple | list) and isinstance(spec, list | tuple) and len(spec) == len(state):
+        return [d for s, v, i in zip(spec, state, range(len(state))) for d in _spec_dims(s, v, f"{path}[{i}]")]
+    raise ValueError(f"Expected state_batch_dim to follow the nesting of the state at {path}, got {spec!r}")
+
+
+class _TBPTTEngine(Callback):
+    """The engine's per-optimizer-step, per-batch and per-epoch work, kept out of the module's own hooks.
+
+    :class:`TBPTTModule` adds it to ``trainer.callbacks`` at its first training step of a ``fit`` and it removes
+    itself when the fit ends, so a subclass may override any Lightning hook without calling ``super()``.
+    """
+
+    def __init__(self, module: TBPTTModule) -> None:
+        self.module = module
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        # inside optimizer.step(): after AMP's unscale_ and DDP's all-reduce, after the user's callbacks
+        if pl_module is self.module and pl_module.gradient_clip_val is not None:
+            pl_module.clip_gradients(
+                optimizer,
+                gradient_clip_val=pl_module.gradient_clip_val,
+                gradient_clip_algorithm=pl_module.gradient_clip_algorithm,
+            )
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if pl_module is self.module:
+            pl_module._save_crossed_step_checkpoints(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if pl_module is self.module:
+            pl_module._step_schedulers("epoch", trainer.current_epoch + 1)
+
+    def _detach(self, trainer: Any) -> None:
+        # a new list: Lightning may be iterating the old one while calling this hook
+        trainer.callbacks = [c for c in trainer.callbacks if c is not self]
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._detach(trainer)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._detach(trainer)
+
+
+_MIGRATION_HINT = " (Lightning 1.x TBPTT was removed in 2.0; lightning-rnn's replacement is named here)"
+
+
+def _check_lightning_1x(cls: type) -> None:
+    """Refuse the Lightning 1.x TBPTT spellings in a subclass, naming the lightning-rnn replacement."""
+    if callable(getattr(cls, "tbptt_split_batch", None)):
+        raise TypeError(
+            f"{cls.__name__} defines tbptt_split_batch(batch, split_size), which lightning-rnn never calls"
+            f"{_MIGRATION_HINT}: override slice_batch(batch, start, end) to return the part [start, end) of the "
+            "batch along time, and set tbptt_steps=split_size."
+        )
+    static = inspect.getattr_static(cls, "truncated_bptt_steps", None)
+    if static is not None and not isinstance(static, property):
+        raise TypeError(
+            f"{cls.__name__} sets truncated_bptt_steps = {static!r}, which lightning-rnn ignores{_MIGRATION_HINT}: "
+            f"pass tbptt_steps={static!r} to TBPTTModule.__init__ instead."
+        )
+    if "hiddens" in inspect.signature(cls.training_step).parameters:
+        raise TypeError(
+            f"{cls.__name__}.training_step takes `hiddens`{_MIGRATION_HINT}: do not override training_step; "
+            "implement tbptt_step(chunk, state) -> TBPTTStep(loss, state), which receives the carried state "
+            "(the 1.x `hiddens`) and returns the new one instead of {'loss': ..., 'hiddens': ...}."
+        )
 
 
 class TBPTTModule(LightningModule):
@@ -70,7 +207,38 @@ class TBPTTModule(LightningModule):
     :meth:`initial_state`. The base uses manual optimization: every training batch whose tensors have a time
     dimension ``(N, L, ...)`` is split along time into chunks of ``tbptt_steps`` (the last may be shorter), the
     state is carried from chunk to chunk and detached at every boundary, and there is **one optimizer step per
-    chunk** — so ``trainer.global_step`` counts chunks, not batches.
+    chunk that has a loss** — so ``trainer.global_step`` counts optimizer steps (chunks), not batches. A chunk
+    whose loss is not connected to any parameter or counts no target (``TBPTTStep.weight == 0``) is not an
+    optimizer step: no ``global_step`` increment, no scheduler step.
+
+    **Step accounting.** ``Trainer(max_steps=N)`` stops after exactly N optimizer steps (in the middle of a
+    batch if need be). ``ModelCheckpoint(every_n_train_steps=n)`` saves at the end of every batch in which a
+    multiple of n was reached. ``val_check_interval`` and ``log_every_n_steps`` count training batches, as
+    Lightning documents them. ``interval="step"`` LR schedulers step once per training batch that took at least
+    one optimizer step (``lr_scheduler_step="batch"``, Lightning 1.x's TBPTT semantics and what
+    ``trainer.estimated_stepping_batches`` counts in a ``max_epochs`` run), or once per optimizer step with
+    ``lr_scheduler_step="optimizer_step"`` (what ``estimated_stepping_batches`` counts in a ``max_steps`` run).
+    ``frequency`` counts batches of the epoch (as Lightning does) or ``global_step`` respectively.
+
+    **Non-finite steps.** A chunk whose loss or gradient is NaN/inf (on any rank) is skipped before
+    ``optimizer.step()``: parameters and optimizer state stay bit-identical, ``train/skipped_steps`` counts it,
+    the carried state's rows that hold NaN/inf are reset to zero (all rows when the layout is unknown), and after
+    ``max_consecutive_skips`` skipped chunks in a row :class:`NonFiniteStepError` stops training. Under fp16 AMP
+    with a GradScaler, overflowing gradients are left to the scaler (which skips the step and lowers its scale).
+    A training batch holding NaN/inf in a floating tensor raises an error naming the batch, or is skipped with
+    ``nonfinite_inputs="skip"``.
+
+    **State layout.** Row resets (``"reset"`` entries, non-finite rows) act on the batch dimension of every
+    tensor of the state: dim 1 for 3-D tensors, torch's RNN layout ``(D*num_layers, N, H)``; for other tensors the
+    one dim of size N. Declare it with ``state_batch_dim`` (an int for every tensor, or a dict/tuple following the
+    state's nesting, e.g. ``{"rnn": 1, "memory": 0}``) when the state is batch-first 3-D or when N could match
+    another size; an undeclared state whose batch dim cannot be told is an error, never a guess.
+
+    **DDP.** Ranks agree on the padded length of every batch (one small all-reduce) and so on the chunks; per
+    chunk one all-reduce of the loss weights lets each rank weight its loss so that the update equals one
+    process's over the global batch, and a chunk that has a loss on any rank is a step on every rank (ranks
+    without one contribute zero gradients). Every trainable parameter takes part in every backward, so plain
+    ``strategy="ddp"`` works for modules that leave parameters unused in a chunk. FSDP and DeepSpeed are refused.
 
     Args:
         tbptt_steps: k1, the chunk length. ``None``: no split (the whole batch is one chunk).
@@ -80,25 +248,35 @@ class TBPTTModule(LightningModule):
         carry_state: carry the state across consecutive batches too (text streams such as
             :class:`~lightning_rnn.data.TextStreamDataModule`): reset at the start of every epoch, reset row by
             row where a dict batch's ``"reset"`` entry (bool ``(N,)``) is True, and reset whenever the batch
-            size changes. Evaluation carries its own state the same way.
+            size changes. Evaluation carries its own state the same way (reset at each loader's first batch).
         variable_bptt: AWD-LSTM's variable-length BPTT: chunk lengths drawn around ``tbptt_steps`` (normal
             with sd ``variable_bptt_std``, ``tbptt_steps / 2`` with probability 0.05, at least
             ``variable_bptt_min``), learning rate scaled by ``length / tbptt_steps`` for that step and restored
             after. Needs ``tbptt_steps``.
-        gradient_clip_val: fixed clipping applied per chunk in :meth:`on_before_optimizer_step`, i.e. after AMP
-            unscaling and after DDP's all-reduce (Lightning #18089). ``Trainer(gradient_clip_val=...)`` is moved
-            here with an info message, because Lightning cannot clip under manual optimization.
+        gradient_clip_val: fixed clipping applied per chunk inside ``optimizer.step()``, i.e. after AMP
+            unscaling and after DDP's all-reduce (Lightning #18089). ``Trainer(gradient_clip_val=...)`` is
+            refused (Lightning cannot clip under manual optimization): set it here.
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
         eval_tbptt_steps: chunk length for validation/test/predict (no backward). ``None``: ``tbptt_steps``.
+        lr_scheduler_step: ``"batch"`` (default) or ``"optimizer_step"``: when ``interval="step"`` schedulers step.
+        state_batch_dim: where the batch dim of the state's tensors is (see *State layout*); ``None``: the
+            documented default and inference.
+        max_consecutive_skips: consecutive non-finite chunks tolerated before :class:`NonFiniteStepError`.
+        nonfinite_inputs: ``"error"`` (default) or ``"skip"``: what a training batch with NaN/inf gets.
 
     Subclass API:
-        - ``tbptt_step(chunk, state) -> TBPTTStep`` (required)
+        - ``tbptt_step(chunk, state) -> TBPTTStep`` (required), used in training, validation, test and predict
         - ``initial_state(batch) -> state`` (default ``None``: the network starts from zeros)
         - ``slice_batch(batch, start, end)`` (default: tensors of 2+ dims sliced at dim 1, 1-D tensors passed
           through, a dict ``"lengths"`` entry clipped to the slice)
+        - ``reset_mask(batch)`` (default: a dict batch's ``"reset"`` entry), ``state_batch_dim``
         - ``on_eval_chunk_end(stage, chunk, step)`` to update evaluation metrics over whole sequences.
-        If you override ``on_before_optimizer_step``, ``on_train_epoch_start`` or ``configure_callbacks``, call
-        ``super()``.
+        The engine's own work does not live in Lightning's hooks: override ``on_train_epoch_start``,
+        ``on_train_epoch_end``, ``on_before_optimizer_step``, ``on_fit_start`` and the evaluation epoch hooks
+        freely, without ``super()``. ``configure_callbacks`` only gives the refusals of unsupported Trainer
+        options their lightning-rnn wording; without ``super()`` Lightning's own errors refuse them.
+        Lightning 1.x's ``truncated_bptt_steps``, ``tbptt_split_batch`` and ``training_step(..., hiddens)`` are
+        refused with the replacement named.
 
     Example::
 
@@ -112,11 +290,13 @@ class TBPTTModule(LightningModule):
         ...         self.head = nn.Linear(8, 1)
         ...     def tbptt_step(self, chunk, state):
         ...         x, y = chunk                      # (N, L, 3), (N, L, 1)
-        ...         out, state = self.rnn(x, state)   # (N, L, 8)
+        ...         out, state = self.rnn(x, state)   # (N, L, 8); state (1, N, 8)
         ...         return TBPTTStep(nn.functional.mse_loss(self.head(out), y), state)
         ...     def configure_optimizers(self):
         ...         return torch.optim.Adam(self.parameters(), 1e-2)
         >>> model = Regressor()
+        >>> model.state_batch_dims(torch.zeros(1, 4, 8), rows=4)
+        [1]
     """
 
     def __init__(
@@ -131,8 +311,13 @@ class TBPTTModule(LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
+        lr_scheduler_step: str = "batch",
+        state_batch_dim: Any = None,
+        max_consecutive_skips: int = 10,
+        nonfinite_inputs: str = "error",
     ) -> None:
         super().__init__()
+        _check_lightning_1x(type(self))
         self.automatic_optimization = False
         _check_steps("tbptt_steps", tbptt_steps)
         _check_steps("tbptt_backprop_steps", tbptt_backprop_steps)
@@ -151,6 +336,12 @@ class TBPTTModule(LightningModule):
             raise ValueError(
                 f"Expected gradient_clip_algorithm in {_CLIP_ALGORITHMS}, got {gradient_clip_algorithm!r}"
             )
+        if lr_scheduler_step not in _LR_SCHEDULER_STEPS:
+            raise ValueError(f"Expected lr_scheduler_step in {_LR_SCHEDULER_STEPS}, got {lr_scheduler_step!r}")
+        _check_dim_spec(state_batch_dim)
+        _check_steps("max_consecutive_skips", max_consecutive_skips)
+        if nonfinite_inputs not in _NONFINITE_INPUTS:
+            raise ValueError(f"Expected nonfinite_inputs in {_NONFINITE_INPUTS}, got {nonfinite_inputs!r}")
         self.carry_state = carry_state
         self.variable_bptt = variable_bptt
         self.variable_bptt_std = variable_bptt_std
@@ -158,12 +349,20 @@ class TBPTTModule(LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.eval_tbptt_steps = eval_tbptt_steps
+        self.lr_scheduler_step = lr_scheduler_step
+        self.state_batch_dim = state_batch_dim
+        self.max_consecutive_skips = max_consecutive_skips
+        self.nonfinite_inputs = nonfinite_inputs
+        self.skipped_steps = 0  # non-finite chunks skipped so far (logged as train/skipped_steps)
+        self._consecutive_skips = 0
         self._carried_state: Any = None
         self._carried_rows: int | None = None
         self._eval_state: Any = None
         self._eval_rows: int | None = None
         self._bptt_rng = random.Random(0)
         self._bptt_rng_seeded = False
+        self._engine: _TBPTTEngine | None = None
+        self._batch_first_step = 0
 
     # ------------------------------------------------------------------ options
     @property
@@ -197,6 +396,18 @@ class TBPTTModule(LightningModule):
             )
         self._tbptt_backprop_steps = value
 
+    @property
+    def truncated_bptt_steps(self) -> int | None:
+        """Lightning 1.x's name: reading gives ``tbptt_steps``; setting it is an error naming ``tbptt_steps``."""
+        return self._tbptt_steps
+
+    @truncated_bptt_steps.setter
+    def truncated_bptt_steps(self, value: Any) -> None:
+        raise AttributeError(
+            f"truncated_bptt_steps is Lightning 1.x's TBPTT option, which lightning-rnn does not read: pass "
+            f"tbptt_steps={value!r} to TBPTTModule.__init__ (or set self.tbptt_steps = {value!r})."
+        )
+
     # ------------------------------------------------------------------ subclass API
     def tbptt_step(self, chunk: Any, state: Any) -> TBPTTStep:
         """Process one chunk: ``chunk`` is the batch sliced along time, ``state`` the carried state.
@@ -223,6 +434,75 @@ class TBPTTModule(LightningModule):
     def on_eval_chunk_end(self, stage: str, chunk: Any, step: TBPTTStep) -> None:
         """Hook after each evaluation chunk (``stage`` in ``"val"``, ``"test"``, ``"predict"``)."""
 
+    # ------------------------------------------------------------------ state layout
+    def state_batch_dims(self, state: Any, rows: int) -> list[int]:
+        """The batch dim of every tensor of ``state`` (in :func:`~lightning_rnn.nn.state.map_state` order).
+
+        Declared by ``state_batch_dim``; otherwise dim 1 for 3-D tensors (torch's ``(D*num_layers, N, H)``) and
+        the one dim of size ``rows`` for the others.
+
+        Raises:
+            ValueError: a declared dim whose size is not ``rows``, or a tensor whose batch dim cannot be told.
+        """
+        leaves = _state_leaves(state)
+        out: list[int] = []
+        for (path, t), d in zip(leaves, _spec_dims(self.state_batch_dim, state)):
+            hint = "declare it with state_batch_dim (an int, or a dict/tuple following the state's nesting)"
+            if d is not None:
+                if not -t.dim() <= d < t.dim() or t.shape[d] != rows:
+                    raise ValueError(
+                        f"Expected {path} of shape {tuple(t.shape)} to have the batch size {rows} at the declared "
+                        f"state_batch_dim {d}, got {tuple(t.shape)}"
+                    )
+                out.append(d % t.dim())
+            elif t.dim() == 3:
+                if t.shape[1] != rows:
+                    raise ValueError(
+                        f"Expected the 3-D state tensor {path} laid out like torch's RNN state (D*num_layers, N, H) "
+                        f"with N={rows} at dim 1, got shape {tuple(t.shape)}: {hint}"
+                    )
+                out.append(1)
+            else:
+                matches = [i for i in range(t.dim()) if t.shape[i] == rows]
+                if len(matches) != 1:
+                    raise ValueError(
+                        f"Cannot tell the batch dim of the state tensor {path} of shape {tuple(t.shape)} with batch "
+                        f"size {rows} ({'no dim' if not matches else 'several dims'} of that size): {hint}"
+                    )
+                out.append(matches[0])
+        return out
+
+    def reset_state_rows(self, state: Any, mask: Tensor, rows: int | None = None) -> Any:
+        """Zero the rows of ``state`` where ``mask`` (bool ``(N,)``) is True, on each tensor's batch dim."""
+        dims = iter(self.state_batch_dims(state, int(mask.shape[0]) if rows is None else rows))
+        return map_state(lambda t: reset_state_rows(t, mask.to(t.device), dim=next(dims)), state)
+
+    def keep_state_rows(self, new: Any, old: Any, mask: Tensor) -> Any:
+        """``new`` with the rows where ``mask`` (bool ``(N,)``) is True taken from ``old`` (frozen rows)."""
+        dims = iter(self.state_batch_dims(new, int(mask.shape[0])))
+        olds = iter(t for _, t in _state_leaves(old))
+
+        def keep(t: Tensor) -> Tensor:
+            d, o = next(dims), next(olds)
+            shape = [1] * t.dim()
+            shape[d] = -1
+            return torch.where(mask.to(t.device).view(shape), o, t)
+
+        return map_state(keep, new)
+
+    def _reset_nonfinite_rows(self, state: Any, rows: int) -> Any:
+        leaves = _state_leaves(state)
+        if not leaves or all(bool(torch.isfinite(t).all()) for _, t in leaves):
+            return state
+        try:
+            dims = self.state_batch_dims(state, rows)
+        except ValueError:
+            return None  # the layout is unknown: reset every row
+        bad = torch.zeros(rows, dtype=torch.bool, device=leaves[0][1].device)
+        for (_, t), d in zip(leaves, dims):
+            bad |= ~torch.isfinite(t.movedim(d, 0).reshape(rows, -1)).all(1).to(bad.device)
+        return self.reset_state_rows(state, bad, rows)
+
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _rows(batch: Any) -> int:
@@ -240,7 +520,7 @@ class TBPTTModule(LightningModule):
             return self.initial_state(batch)
         mask = self.reset_mask(batch)
         if mask is not None and bool(mask.any()):
-            return reset_state_rows(carried, mask.to(self.device))
+            return self.reset_state_rows(carried, mask.to(self.device), rows)
         return carried
 
     def _chunk_bounds(self, length: int) -> list[tuple[int, int]]:
@@ -267,55 +547,171 @@ class TBPTTModule(LightningModule):
         loss = sum(s.loss * w for s, w in zip(steps, weights)) / total.clamp(min=1e-12)
         return loss, total
 
-    # ------------------------------------------------------------------ Lightning hooks
-    def configure_callbacks(self) -> Any:  # runs before Lightning's manual-optimization checks
+    def _distributed(self) -> bool:
         trainer = self._trainer
-        if trainer is not None and trainer.state.fn == "fit":
-            clip = trainer.gradient_clip_val
-            if clip is not None and clip > 0:
-                if self.gradient_clip_val is not None:
-                    raise ValueError(
-                        f"Expected gradient clipping to be set once, got Trainer(gradient_clip_val={clip}) and "
-                        f"{type(self).__name__}(gradient_clip_val={self.gradient_clip_val}). TBPTT modules clip "
-                        "per chunk themselves: remove the Trainer option."
-                    )
-                self.gradient_clip_val = float(clip)
-                self.gradient_clip_algorithm = trainer.gradient_clip_algorithm or "norm"
-                trainer.gradient_clip_val = None
-                rank_zero_info(
-                    f"{type(self).__name__} uses manual optimization (one optimizer step per TBPTT chunk): "
-                    f"Trainer(gradient_clip_val={clip}) is applied per chunk as the module's "
-                    f"gradient_clip_val={clip} (algorithm {self.gradient_clip_algorithm!r})."
-                )
-            if trainer.accumulate_grad_batches != 1:
-                raise ValueError(
-                    f"Expected Trainer(accumulate_grad_batches=1) with {type(self).__name__}, got "
-                    f"{trainer.accumulate_grad_batches}: a TBPTT module takes one optimizer step per chunk "
-                    "(manual optimization). Use a larger batch size or a larger tbptt_steps instead."
-                )
-        return []
+        return (
+            trainer is not None
+            and trainer.world_size > 1
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        )
 
-    def on_fit_start(self) -> None:
+    @staticmethod
+    def _nonfinite_entry(batch: Any) -> str | None:
+        for name, t in _tensors(batch):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return name
+        return None
+
+    # ------------------------------------------------------------------ setup
+    def _check_trainer(self, trainer: Any) -> None:
+        name = type(self).__name__
+        refused = [c.__name__ for c in type(trainer.strategy).__mro__ if c.__name__ in _REFUSED_STRATEGIES]
+        if refused:
+            raise ValueError(
+                f"Expected a single-device or DDP strategy with {name}, got {refused[0]}: the TBPTT engine takes "
+                "one manual optimizer step per chunk, which sharded strategies cannot run (Lightning #19626); use "
+                'strategy="ddp".'
+            )
+        clip = trainer.gradient_clip_val
+        if clip is not None and clip > 0:
+            raise ValueError(
+                f"Expected Trainer(gradient_clip_val=None) with {name}, got {clip}: a TBPTT module clips each chunk "
+                f"itself (manual optimization), so pass gradient_clip_val={clip} (and gradient_clip_algorithm) to "
+                f"{name} instead of the Trainer."
+            )
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"Expected Trainer(accumulate_grad_batches=1) with {name}, got "
+                f"{trainer.accumulate_grad_batches}: a TBPTT module takes one optimizer step per chunk "
+                "(manual optimization). Use a larger batch size or a larger tbptt_steps instead."
+            )
+
+    def _setup_fit(self, trainer: Any) -> None:
+        """Once per fit, at the first training step: checks, the chunk-length RNG, the engine callback."""
+        if self._engine is not None and self._engine in trainer.callbacks:
+            return
+        self._check_trainer(trainer)
         seed = int(torch.initial_seed() % (2**31))
-        if self.trainer.world_size > 1:  # chunk lengths must agree across ranks or DDP hangs
-            seed = int(self.trainer.strategy.broadcast(seed, src=0))
+        if self._distributed():  # chunk lengths must agree across ranks or DDP hangs
+            seed = int(trainer.strategy.broadcast(seed, src=0))
         if not self._bptt_rng_seeded:
             self._bptt_rng.seed(seed)
             self._bptt_rng_seeded = True
+        self._engine = _TBPTTEngine(self)
+        trainer.callbacks.append(self._engine)
 
-    def on_train_epoch_start(self) -> None:
-        self._carried_state = None
-        self._carried_rows = None
+    def configure_callbacks(self) -> Any:  # runs before Lightning's own manual-optimization checks
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            self._check_trainer(trainer)
+        from lightning_rnn.callbacks.resume import ExactResume  # RNG + carried state on resume
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_state = None
-        self._eval_rows = None
+        return [ExactResume()]
 
-    on_test_epoch_start = on_validation_epoch_start
-    on_predict_epoch_start = on_validation_epoch_start
+    # ------------------------------------------------------------------ training
+    def _optimizer_update(
+        self, steps: list[TBPTTStep], lengths: list[int], optimizers: list[Any], lr_scale: float
+    ) -> tuple[str, Tensor | None, Tensor | None]:
+        """Backward and step for one chunk. Returns ``("step" | "none" | "skip:<reason>", loss, weight)``."""
+        distributed = self._distributed()
+        penalty: Tensor | None = None
+        if steps:
+            loss, weight = self._combine(steps, lengths)
+            connected = loss.grad_fn is not None
+            if any(isinstance(s.penalty, Tensor) or s.penalty for s in steps):  # e.g. AR/TAR: backward only
+                penalties = [replace(s, loss=torch.as_tensor(s.penalty, device=loss.device)) for s in steps]
+                penalty = self._combine(penalties, lengths)[0]
+        else:
+            loss, weight, connected = None, None, False
+        if not connected and not distributed:
+            return "none", loss, weight
+        device = loss.device if loss is not None else self.device
+        zero = torch.zeros((), device=device)
+        w = weight.detach().float().to(device) if connected else zero  # type: ignore[union-attr]
+        bad = (~torch.isfinite(loss.detach())).float().to(device) if connected else zero  # type: ignore[union-attr]
+        stats = torch.stack([w, torch.ones((), device=device) if connected else zero, bad])
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        params = [p for p in self.parameters() if p.requires_grad]
+        if distributed:
+            torch.distributed.all_reduce(stats)  # (total weight, ranks with a loss, ranks with a NaN loss)
+            # each rank's share of the global weighted mean (DDP averages over ranks); the zero term makes every
+            # parameter take part in every backward, so plain "ddp" never meets an unused parameter
+            objective = sum(p.sum() for p in params) * 0.0
+            if connected:
+                world = self.trainer.world_size
+                share = w * world / stats[0].clamp(min=1e-12)
+                objective = objective + loss * share  # type: ignore[operator]
+                if penalty is not None:
+                    objective = objective + penalty * share
+        else:
+            objective = loss if penalty is None else loss + penalty  # type: ignore[operator]
+        self.manual_backward(objective)
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = grad_norm(grads).float().to(device) if grads else zero
+        total_w, n_connected, n_bad, norm_value = torch.cat([stats, norm.reshape(1)]).tolist()  # one host sync
+        outcome = "step"
+        if n_connected == 0 or total_w <= 0 or not grads:
+            outcome = "none"
+        elif n_bad > 0:
+            outcome = "skip:loss"
+        elif not math.isfinite(norm_value):
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+            if scaler is None:  # a GradScaler skips its overflowing steps itself and lowers its scale
+                outcome = "skip:gradient"
+        if outcome != "step":
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            return outcome, loss, weight
+        for opt in optimizers:
+            if lr_scale != 1.0:
+                for group in opt.param_groups:
+                    group["lr"] = group["lr"] * lr_scale
+            opt.step()
+            if lr_scale != 1.0:
+                for group in opt.param_groups:
+                    group["lr"] = group["lr"] / lr_scale
+        return "step", loss, weight
+
+    def _note_skip(self, reason: str) -> None:
+        self.skipped_steps += 1
+        self._consecutive_skips += 1
+        step = self.trainer.global_step if self._trainer is not None else 0
+        rank_zero_warn(
+            f"Skipped a TBPTT chunk at global step {step}: its {reason} was NaN/inf (parameters untouched; "
+            f"{self.skipped_steps} skipped so far)."
+        )
+        if self._consecutive_skips >= self.max_consecutive_skips:
+            raise NonFiniteStepError(self._consecutive_skips, step, reason)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        length = batch_time_length(batch)
+        trainer = self._trainer
+        if trainer is not None:
+            self._setup_fit(trainer)
+            self._batch_first_step = trainer.global_step
+        if batch_idx == 0:  # a new epoch: the carried state starts afresh
+            self._carried_state, self._carried_rows = None, None
+        local_length = batch_time_length(batch)
+        bad_entry = self._nonfinite_entry(batch)
+        length, any_bad = local_length, bad_entry is not None
+        if self._distributed():  # agree on the padded length (hence the chunks) and on skipping the batch
+            agreed = torch.tensor([local_length, int(any_bad)], device=self.device, dtype=torch.long)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+            length, any_bad = int(agreed[0]), bool(agreed[1])
+        if any_bad:
+            where = f"in {bad_entry}" if bad_entry is not None else "on another rank"
+            if self.nonfinite_inputs == "error":
+                raise ValueError(
+                    f"Expected finite values in training batch {batch_idx}, got NaN/inf {where}: clean the data, or "
+                    f'pass nonfinite_inputs="skip" to {type(self).__name__} to skip such batches.'
+                )
+            self.skipped_steps += 1
+            rank_zero_warn(f"Skipped training batch {batch_idx}: NaN/inf {where} (nonfinite_inputs='skip').")
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+            return torch.full((), float("nan"), device=self.device)
+
+        rows = self._rows(batch)
         bounds = self._chunk_bounds(length)
         starts = window_starts(bounds, self.tbptt_backprop_steps)
         # positions where a detached state is needed later: chunk starts and window starts
@@ -323,8 +719,11 @@ class TBPTTModule(LightningModule):
         saved: dict[int, Any] = {0: self._start_state(batch, self._carried_state, self._carried_rows)}
         optimizers = self._optimizers()
         k = self._tbptt_steps
+        max_steps = trainer.max_steps if trainer is not None else -1
         losses: list[Tensor] = []
         weights: list[Tensor] = []
+        stepped = stopped = False
+        skipped_before = self.skipped_steps
         for j, ((start, end), w0) in enumerate(zip(bounds, starts)):
             state = saved[w0]
             cuts = sorted(p for p in needed if w0 < p < end) + [end]
@@ -332,53 +731,62 @@ class TBPTTModule(LightningModule):
             new_lengths: list[int] = []
             pos = w0
             for cut in cuts:
-                step = self.tbptt_step(self.slice_batch(batch, pos, cut), state)
-                if pos >= start:
-                    new_steps.append(step)
-                    new_lengths.append(cut - pos)
-                state = step.state
+                lo, hi = min(pos, local_length), min(cut, local_length)  # this rank's rows end at local_length
+                if hi > lo:
+                    step = self.tbptt_step(self.slice_batch(batch, lo, hi), state)
+                    if pos >= start:
+                        new_steps.append(step)
+                        new_lengths.append(hi - lo)
+                    state = step.state
                 saved[cut] = detach_state(state)
                 pos = cut
-            loss, weight = self._combine(new_steps, new_lengths)
-            objective = loss
-            if any(isinstance(s.penalty, Tensor) or s.penalty for s in new_steps):
-                penalties = [replace(s, loss=torch.as_tensor(s.penalty, device=loss.device)) for s in new_steps]
-                objective = loss + self._combine(penalties, new_lengths)[0]
-
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            self.manual_backward(objective)
             scale = (end - start) / k if (self.variable_bptt and k) else 1.0
-            for opt in optimizers:
-                if scale != 1.0:
-                    for group in opt.param_groups:
-                        group["lr"] = group["lr"] * scale
-                opt.step()
-                if scale != 1.0:
-                    for group in opt.param_groups:
-                        group["lr"] = group["lr"] / scale
-            self._step_schedulers("step")
+            outcome, loss, weight = self._optimizer_update(new_steps, new_lengths, optimizers, scale)
 
-            detached = loss.detach()
-            losses.append(detached)
-            weights.append(weight.detach().float())
-            self.log("train/loss_chunk", detached, on_step=True, on_epoch=False)
-            for name, value in new_steps[-1].metrics.items():
-                self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+            if outcome.startswith("skip"):
+                for p in list(saved):
+                    saved[p] = self._reset_nonfinite_rows(saved[p], rows)
+                self._note_skip(outcome.split(":", 1)[1])
+            else:
+                if loss is not None and weight is not None:
+                    detached = loss.detach()
+                    losses.append(detached)
+                    weights.append(weight.detach().float())
+                    if outcome == "step":
+                        self.log("train/loss_chunk", detached, on_step=True, on_epoch=False)
+                        for name, value in new_steps[-1].metrics.items():
+                            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+                if outcome == "step":
+                    stepped = True
+                    self._consecutive_skips = 0
+                    if self.lr_scheduler_step == "optimizer_step" and trainer is not None:
+                        self._step_schedulers("step", trainer.global_step)
+                    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+                        stopped = True  # Trainer(max_steps) counts optimizer steps: stop inside the batch
+                        break
             # drop saved states no later window needs
             future = min(starts[j + 1 :], default=end)
             for pos_saved in [p for p in saved if p < future]:
                 del saved[pos_saved]
 
         if self.carry_state:
-            self._carried_state = saved[length]
-            self._carried_rows = self._rows(batch)
+            self._carried_state = None if stopped else saved[length]
+            self._carried_rows = rows
+        if stepped and self.lr_scheduler_step == "batch":
+            self._step_schedulers("step", batch_idx + 1)
+        if self.skipped_steps != skipped_before or self.skipped_steps:
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if not losses:
+            return torch.full((), float("nan"), device=self.device)
         w = torch.stack(weights)
         batch_loss = (torch.stack(losses) * w).sum() / w.sum().clamp(min=1e-12)
-        self.log("train/loss", batch_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=self._rows(batch))
+        self.log("train/loss", batch_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=rows)
         return batch_loss
 
-    def _evaluate(self, batch: Any, stage: str) -> tuple[Tensor, Tensor]:
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: Any, stage: str, batch_idx: int | None = None) -> tuple[Tensor, Tensor]:
+        if batch_idx == 0:  # a new pass over a loader: the carried evaluation state starts afresh
+            self._eval_state, self._eval_rows = None, None
         length = batch_time_length(batch)
         k = self.eval_tbptt_steps or self._tbptt_steps
         state = self._start_state(batch, self._eval_state, self._eval_rows)
@@ -399,25 +807,48 @@ class TBPTTModule(LightningModule):
         return (torch.stack(losses) * w).sum() / w.sum().clamp(min=1e-12), w.sum()
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, weight = self._evaluate(batch, "val")
+        loss, weight = self._evaluate(batch, "val", batch_idx)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=max(int(weight.item()), 1), sync_dist=True)
         return loss
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, weight = self._evaluate(batch, "test")
+        loss, weight = self._evaluate(batch, "test", batch_idx)
         self.log("test/loss", loss, on_epoch=True, batch_size=max(int(weight.item()), 1), sync_dist=True)
         return loss
 
-    # ------------------------------------------------------------------ schedulers and clipping
-    def _step_schedulers(self, interval: str) -> None:
+    # ------------------------------------------------------------------ predict
+    def predict_chunk(self, chunk: Any, state: Any) -> tuple[Any, Any]:
+        """One chunk of :meth:`predict_step`: ``(prediction, new state)``.
+
+        Default: :meth:`tbptt_step`'s ``outputs`` and ``state``, so a subclass that returns its predictions in
+        ``TBPTTStep.outputs`` predicts with no more code. The shipped modules override it (no targets needed).
+        """
+        step = self.tbptt_step(chunk, state)
+        return step.outputs, step.state
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """The batch run chunk by chunk as in evaluation (``eval_tbptt_steps``, else ``tbptt_steps``; the state
+        carried across chunks, and across batches with ``carry_state``); returns the list of
+        :meth:`predict_chunk` predictions, one per chunk. The shipped modules join them (see theirs)."""
+        if batch_idx == 0:  # a new pass over a loader: the carried prediction state starts afresh
+            self._eval_state, self._eval_rows = None, None
+        state = self._start_state(batch, self._eval_state, self._eval_rows)
+        predictions = []
+        for start, end in chunk_bounds(batch_time_length(batch), self.eval_tbptt_steps or self._tbptt_steps):
+            prediction, state = self.predict_chunk(self.slice_batch(batch, start, end), state)
+            state = detach_state(state)
+            predictions.append(prediction)
+        if self.carry_state:
+            self._eval_state, self._eval_rows = state, self._rows(batch)
+        return predictions
+
+    # ------------------------------------------------------------------ schedulers and step cadences
+    def _step_schedulers(self, interval: str, index: int) -> None:
         trainer = self._trainer
         if trainer is None:
             return
         for config in trainer.lr_scheduler_configs:
-            if config.interval != interval:
-                continue
-            index = trainer.global_step if interval == "step" else trainer.current_epoch + 1
-            if index % config.frequency != 0:
+            if config.interval != interval or index % config.frequency != 0:
                 continue
             if config.reduce_on_plateau:
                 value = trainer.callback_metrics.get(config.monitor)
@@ -432,35 +863,111 @@ class TBPTTModule(LightningModule):
             else:
                 config.scheduler.step()
 
-    def on_train_epoch_end(self) -> None:
-        self._step_schedulers("epoch")
+    def _save_crossed_step_checkpoints(self, trainer: Any) -> None:
+        """``ModelCheckpoint(every_n_train_steps=n)`` saves when ``global_step % n == 0`` at a batch end; a TBPTT
+        batch takes several steps, so save at the end of a batch that passed a multiple of n without ending on one.
 
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        # Runs inside optimizer.step(): after AMP's unscale_ and DDP's all-reduce, after callbacks' hooks.
-        if self.gradient_clip_val is not None:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=self.gradient_clip_val,
-                gradient_clip_algorithm=self.gradient_clip_algorithm,
-            )
+        Uses ModelCheckpoint's private ``_every_n_train_steps``, ``_should_skip_saving_checkpoint``,
+        ``_monitor_candidates``, ``_save_topk_checkpoint`` and ``_save_last_checkpoint``: Lightning has no public
+        way to ask a checkpoint callback to save now with its own naming, top-k and ``last`` rules.
+        """
+        start, now = self._batch_first_step, trainer.global_step
+        for cb in trainer.checkpoint_callbacks:
+            n = getattr(cb, "_every_n_train_steps", 0)
+            if not n or n < 1 or now % n == 0 or now // n == start // n:
+                continue  # no multiple passed, or ModelCheckpoint saves by itself
+            if cb._should_skip_saving_checkpoint(trainer):
+                continue
+            candidates = cb._monitor_candidates(trainer)
+            if cb.monitor is not None and cb.monitor not in candidates:
+                continue
+            cb._save_topk_checkpoint(trainer, candidates)
+            cb._save_last_checkpoint(trainer, candidates)
 
     # ------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Saves the settings a callback may change (``tbptt_steps``), the chunk-length RNG and the recurrent
+        state carried across batches (``carry_state=True``), all as plain data (tensors, ints, tuples)."""
+        carried = detach_state(self._carried_state) if self._carried_state is not None else None
         checkpoint["lightning_rnn_tbptt"] = {
             "tbptt_steps": self._tbptt_steps,
             "bptt_rng": self._bptt_rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
             "bptt_rng_seeded": self._bptt_rng_seeded,
+            "carried_state": carried,
+            "carried_rows": self._carried_rows,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores what :meth:`on_save_checkpoint` saved. The carried state is handed back just before the
+        first training batch of a resumed ``fit`` (by :class:`~lightning_rnn.callbacks.ExactResume`); the
+        process's RNG is never touched here (``load_from_checkpoint`` must not reseed the caller)."""
         saved = checkpoint.get("lightning_rnn_tbptt")
         if not saved:
             return
         if saved.get("tbptt_steps", self._tbptt_steps) is not None:
             self._tbptt_steps = saved.get("tbptt_steps", self._tbptt_steps)
         if "bptt_rng" in saved:
-            self._bptt_rng.setstate(saved["bptt_rng"])
+            version, internal, gauss = saved["bptt_rng"]
+            self._bptt_rng.setstate((version, tuple(internal), gauss))
             self._bptt_rng_seeded = saved.get("bptt_rng_seeded", True)
-        if "torch_rng" in saved:
-            torch.set_rng_state(saved["torch_rng"])
+        self._resumed_carry = (saved.get("carried_state"), saved.get("carried_rows"))
+
+    def _restore_resumed_state(self, mid_epoch: bool) -> None:
+        """Put the carried state of the checkpoint back (called at the first batch of a resumed fit; a run
+        resumed at an epoch start starts from a fresh state, as the uninterrupted run did)."""
+        carried, rows = getattr(self, "_resumed_carry", (None, None))
+        self._resumed_carry = (None, None)
+        if carried is not None and self.carry_state and mid_epoch:
+            self._carried_state = map_state(lambda t: t.to(self.device), carried)
+            self._carried_rows = rows
+
+    # ------------------------------------------------------------------ gradient-flow probe (default)
+    def gradient_flow_probe(self, batch: Any, max_steps: int | None = None) -> tuple[list[Any], Tensor]:
+        """Per-step states and losses for the gradient-flow callbacks, derived from :meth:`tbptt_step`.
+
+        Runs ``tbptt_step`` one time step at a time (``slice_batch(batch, t, t + 1)``) from
+        ``initial_state(batch)`` over the first ``max_steps`` steps (None: the whole batch), keeping the
+        state in the autograd graph from step to step, so each step's loss hangs off the states before it.
+        Inside, one-step outputs of unidirectional ``RNNStack`` / ``torch.nn.RNN/LSTM/GRU`` layers are the
+        very tensors of their new state (:func:`~lightning_rnn.functional.gradient_flow.unrolled_recurrence`),
+        so the loss at t reads the state after step t as well, and torchmetrics metrics are not updated. Any
+        state structure works (tensor, tuple, dict). :func:`~lightning_rnn.functional.measure_gradient_flow`
+        calls it in training mode with dropout off.
+
+        Override it with a faster probe when the model can unroll itself (``RNNLanguageModel`` does); see
+        :class:`~lightning_rnn.functional.gradient_flow.SupportsGradientFlowProbe`.
+
+        Outputs:
+            step_states: list of L states, ``step_states[t]`` the state after step t (graph attached).
+            step_losses: ``(L,)`` each step's ``loss * weight`` (the loss summed over its targets, when
+            ``TBPTTStep.weight`` counts them), NaN at steps without a target (weight 0).
+        """
+        from torchmetrics import Metric
+
+        from lightning_rnn.functional.gradient_flow import unrolled_recurrence
+
+        length = batch_time_length(batch)
+        steps = length if max_steps is None else min(int(max_steps), length)
+        metrics = [m for m in self.modules() if isinstance(m, Metric)]
+        updates = [(m, m.__dict__.get("update")) for m in metrics]
+        state = self.initial_state(batch)
+        step_states: list[Any] = []
+        losses: list[Tensor] = []
+        try:
+            for m in metrics:  # the probe's steps are not training steps: keep metric states as they are
+                m.__dict__["update"] = lambda *args, **kwargs: None
+            with unrolled_recurrence(self):
+                for t in range(steps):
+                    step = self.tbptt_step(self.slice_batch(batch, t, t + 1), state)
+                    weight = torch.as_tensor(1.0 if step.weight is None else step.weight, device=step.loss.device)
+                    loss = step.loss.float() * weight.float()
+                    losses.append(torch.where(weight > 0, loss, torch.full_like(loss, float("nan"))))
+                    state = step.state
+                    step_states.append(state)
+        finally:
+            for m, update in updates:
+                if update is None:
+                    m.__dict__.pop("update", None)
+                else:
+                    m.__dict__["update"] = update
+        return step_states, torch.stack(losses)

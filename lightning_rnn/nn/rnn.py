@@ -1,37 +1,45 @@
 """``RNNStack``: a multi-layer RNN / LSTM / GRU with step-tied (variational) dropout.
 
 A drop-in for ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` (same shapes, same parameter names, same ``state_dict``)
-that adds the dropout schemes of Gal & Ghahramani (2016) and AWD-LSTM (Merity et al. 2017), residual
-connections between layers, lengths-aware padded batches, Monte-Carlo dropout and an unrolled per-step
-forward (every step's state with autograd attached, for gradient-flow diagnostics).
+that adds the dropout schemes of Gal & Ghahramani (2016) and AWD-LSTM (Merity et al. 2017), zoneout
+(Krueger et al. 2016), residual connections between layers, lengths-aware padded batches, Monte-Carlo
+dropout and an unrolled per-step forward (every step's state with autograd attached, for gradient-flow
+diagnostics).
 
 How it runs (top to bottom in :meth:`RNNStack._run`):
 
 1. input dropout — one (N, F) mask per forward, the same at every step;
 2. the recurrence — one fused multi-layer kernel call (``torch._VF.lstm`` etc., the very call
-   ``torch.nn.LSTM.forward`` makes; oneDNN/MKL on CPU, cuDNN on GPU) when no layer dropout, residual or
-   ``"state"`` recurrent dropout is active; otherwise one fused call per layer, or, for ``"state"``
-   recurrent dropout, a step loop with the input projection of the whole sequence precomputed;
+   ``torch.nn.LSTM.forward`` makes; oneDNN/MKL on CPU, cuDNN on GPU) when no layer dropout, residual,
+   ``"state"`` recurrent dropout or zoneout is active; otherwise one fused call per layer, or, for
+   ``"state"`` recurrent dropout and zoneout, a step loop with the input projection of the whole sequence
+   precomputed (``_recurrence.py``: hand-written forward/backward for LSTM and GRU);
 3. output dropout.
 
 ``"weight"`` recurrent dropout replaces each ``weight_hh`` by ``dropout(weight_hh)`` for the call: the
-Parameters themselves are never modified (no monkey-patching, no ``flatten_parameters``), so they receive
-gradients and dropped weights are back on the next forward.
+Parameters themselves are never modified (no monkey-patching), so they receive gradients and dropped
+weights are back on the next forward. As in ``torch.nn.LSTM``, on CUDA the parameters are views of one
+flat buffer in cuDNN's layout (:meth:`RNNStack.flatten_parameters`), so the fused call does not copy them.
+
+Dtypes: the returned state is always in the parameters' dtype, also under ``torch.autocast`` (see the
+class docstring).
 
 Symbols: N batch, L length, D directions (2 if bidirectional else 1), H hidden size, F input features.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._lstm_loop import lstm_masked_recurrence
+from ._recurrence import Zoneout, autocast_dtype, gru_recurrence, lstm_recurrence, step_loop
 from .dropout import _apply_row_mask, _check_p, _scaled_mask
 from .state import State
 
@@ -54,6 +62,15 @@ class _Masks:
     layer: list[Tensor | None] = field(default_factory=list)  # per layer: (N, D*H) mask on its input
     state: list[Tensor | None] = field(default_factory=list)  # per layer*D: (N, H) mask on h_{t-1}
     output: Tensor | None = None  # (N, D*H)
+    zoneout_h: list[Zoneout] = field(default_factory=list)  # per layer*D: (L, N, H) keep-previous draws or p
+    zoneout_c: list[Zoneout] = field(default_factory=list)  # the same for LSTM's c
+
+    def at_step(self, t: int) -> _Masks:
+        """The masks of step ``t`` alone (per-step zoneout draws sliced), for a length-1 ``_run``."""
+        def cut(zs: list[Zoneout]) -> list[Zoneout]:
+            return [z[t : t + 1] if isinstance(z, Tensor) else z for z in zs]
+
+        return replace(self, zoneout_h=cut(self.zoneout_h), zoneout_c=cut(self.zoneout_c))
 
 
 class RNNStack(nn.Module):
@@ -72,9 +89,26 @@ class RNNStack(nn.Module):
       ``"weight"`` — DropConnect on ``weight_hh`` (AWD-LSTM WeightDrop): one element-wise mask per forward
       shared by the batch and all steps; the fused kernel stays in use.
       ``"state"`` — Gal's mask on h_{t-1}: a different mask per sequence, the same at every step (for
-      LSTM only h is masked, not c); runs a step loop (about 0.6-0.8x the fused speed on CPU).
+      LSTM only h is masked, not c); runs a step loop (slower than the fused kernel, see
+      ``benchmarks/dropout_throughput.py``).
+
+    Zoneout (Krueger et al. 2016): with ``zoneout=p`` every unit of h (and, for LSTM, of c, with its own
+    draws) keeps its previous value with probability p at every step in training:
+    h_t = d_t ⊙ h_{t-1} + (1 - d_t) ⊙ h̃_t with d_t ~ Bernoulli(p) drawn per sequence, unit and step; in
+    eval it uses the expectation, h_t = p·h_{t-1} + (1 - p)·h̃_t (draws again under ``mc_dropout``).
+    It runs in the same step loop as ``"state"`` recurrent dropout and composes with every dropout.
 
     In eval mode no dropout is applied (deterministic) unless ``mc_dropout`` is True.
+
+    Mixed precision: under ``torch.autocast`` the recurrence runs in autocast's dtype where torch's
+    kernels do (the fused kernels as ``torch.nn.LSTM`` does; the step loop of ``"state"`` dropout and
+    zoneout in autocast's dtype throughout), and the returned **state is always in the parameters' dtype**
+    (float32 unless the module was converted), whatever the kernel produced (cuDNN under autocast returns
+    float16 state), so a state carried into the next call (truncated BPTT) always fits. An incoming state
+    of any floating dtype is accepted and cast. Where this CPU's oneDNN has no low-precision LSTM kernel,
+    the fused LSTM call runs in float32 instead of failing. ``output`` is in whatever dtype the last
+    kernel produced (autocast's dtype or float32); without autocast, input, state and output are all in
+    the parameters' dtype.
 
     Args:
         cell: ``"rnn"`` (tanh), ``"lstm"`` or ``"gru"``.
@@ -95,6 +129,16 @@ class RNNStack(nn.Module):
         bias: use the bias vectors ``bias_ih_l*`` and ``bias_hh_l*``.
         mc_dropout: keep every dropout active in eval mode (Monte-Carlo dropout); can be toggled later
             through the ``mc_dropout`` attribute.
+        zoneout: zoneout probability p in [0, 1) of h (and c for LSTM) at every step.
+        device, dtype: of the parameters (as ``torch.nn.LSTM``'s factory keywords).
+        dropout: ``torch.nn.LSTM``'s keyword, accepted only as 0: its per-step dropout between layers is
+            ``layer_dropout`` here (step-tied); a non-zero value raises, naming it.
+        nonlinearity: ``torch.nn.RNN``'s keyword, only ``"tanh"`` with ``cell="rnn"`` (the tanh RNN).
+        proj_size: ``torch.nn.LSTM``'s keyword, accepted only as 0 (no projections).
+        second_order: run ``"state"`` recurrent dropout and zoneout of LSTM / GRU through an autograd step
+            loop that supports double backward (gradient penalties, Hessian-vector products; slower and
+            more memory). By default they run a hand-written recurrence whose backward is first-order only:
+            a ``create_graph=True`` backward through it raises. Also an attribute (``rnn.second_order``).
 
     Inputs: input, state, lengths
         - **input**: (N, L, F) if ``batch_first`` else (L, N, F), or a ``PackedSequence``.
@@ -107,7 +151,7 @@ class RNNStack(nn.Module):
     Outputs: output, state
         - **output**: (N, L, D*H) if ``batch_first`` else (L, N, D*H) (a ``PackedSequence`` for a packed
           input). For each step the forward and backward directions are concatenated.
-        - **state**: final state, same layout as the input state.
+        - **state**: final state, same layout as the input state, in the parameters' dtype.
 
     Example::
 
@@ -135,10 +179,20 @@ class RNNStack(nn.Module):
         recurrent_dropout_mode: str = "weight",
         bias: bool = True,
         mc_dropout: bool = False,
+        zoneout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        dropout: float = 0.0,
+        nonlinearity: str | None = None,
+        proj_size: int = 0,
+        second_order: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(cell, str) or cell.lower() not in CELLS:
             raise ValueError(f"Expected cell to be one of {list(CELLS)}, got {cell!r}")
+        _check_torch_keywords(cell.lower(), dropout, nonlinearity, proj_size)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"Expected dtype to be a floating-point torch.dtype, got {dtype!r}")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
@@ -162,6 +216,8 @@ class RNNStack(nn.Module):
         self.recurrent_dropout = _check_p(recurrent_dropout, "recurrent_dropout")
         self.recurrent_dropout_mode = recurrent_dropout_mode
         self.mc_dropout = bool(mc_dropout)
+        self.zoneout = _check_p(zoneout, "zoneout")
+        self.second_order = bool(second_order)
 
         if residual not in (False, True, "all"):
             raise ValueError(f"Expected residual to be False, True or 'all', got {residual!r}")
@@ -188,9 +244,10 @@ class RNNStack(nn.Module):
                 if self.bias:
                     shapes.update({f"bias_ih{sfx}": (gate_size,), f"bias_hh{sfx}": (gate_size,)})
                 for pname, shape in shapes.items():
-                    self.register_parameter(pname, nn.Parameter(torch.empty(shape)))
+                    self.register_parameter(pname, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
                 self._names.append(list(shapes))
         self.reset_parameters()
+        self.flatten_parameters()
 
     # ------------------------------------------------------------------ parameters
     def reset_parameters(self) -> None:
@@ -203,8 +260,40 @@ class RNNStack(nn.Module):
         """The hidden-to-hidden weights ``{"weight_hh_l0": (G*H, H), ...}`` (G gates stacked, torch order)."""
         return {names[1]: getattr(self, names[1]) for names in self._names}
 
+    def _flat_weights(self) -> list[Tensor]:
+        """Every parameter in torch's ``_flat_weights`` order (per layer*direction: w_ih, w_hh, b_ih, b_hh)."""
+        return [getattr(self, name) for names in self._names for name in names]
+
     def flatten_parameters(self) -> None:
-        """No-op, for code that calls it on torch RNN modules: parameters are passed to the kernel as is."""
+        """Put the parameters in one contiguous buffer in cuDNN's layout, as ``torch.nn.LSTM`` does.
+
+        Then the fused call passes them to cuDNN without a copy (otherwise cuDNN warns "weights are not
+        part of single contiguous chunk of memory" and copies them on every call). The parameters stay the
+        same ``Parameter`` objects (now views of the buffer). Runs on CUDA with cuDNN; a no-op elsewhere.
+        Called on construction and after every ``.to()`` / ``.cuda()``.
+        """
+        weights = self._flat_weights()
+        first = weights[0]
+        if not (first.is_cuda and torch.backends.cudnn.enabled):
+            return
+        if any(w.dtype != first.dtype or not w.is_cuda or not torch.backends.cudnn.is_acceptable(w) for w in weights):
+            return
+        if len({w.data_ptr() for w in weights}) != len(weights):  # aliased parameters: keep the copying path
+            return
+        import torch.backends.cudnn.rnn as cudnn_rnn
+
+        mode = {"rnn": "RNN_TANH", "lstm": "LSTM", "gru": "GRU"}[self.cell]
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                torch._cudnn_rnn_flatten_weight(
+                    weights, 4 if self.bias else 2, self.input_size, cudnn_rnn.get_cudnn_mode(mode),
+                    self.hidden_size, 0, self.num_layers, self.batch_first, self.bidirectional,
+                )
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        ret = super()._apply(fn, *args, **kwargs)
+        self.flatten_parameters()  # moved or converted parameters: flatten again (as torch.nn.LSTM does)
+        return ret
 
     def init_state(
         self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -213,8 +302,8 @@ class RNNStack(nn.Module):
 
         Device and dtype default to the parameters'.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | torch.SymInt) or batch_size < 1:
+            raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r}")  # SymInt: traced
         ref = self.weight_hh_l0
         shape = (self.num_directions * self.num_layers, batch_size, self.hidden_size)
         kw = {"device": device if device is not None else ref.device, "dtype": dtype or ref.dtype}
@@ -226,6 +315,11 @@ class RNNStack(nn.Module):
     def _dropout_active(self) -> bool:
         return self.training or self.mc_dropout
 
+    @property
+    def _param_dtype(self) -> torch.dtype:
+        """The parameters' dtype: the dtype of every returned state."""
+        return self.weight_hh_l0.dtype
+
     def _check_input(self, x: Tensor, batch_first: bool) -> None:
         layout = "(N, L, F)" if batch_first else "(L, N, F)"
         if x.dim() != 3:
@@ -234,10 +328,21 @@ class RNNStack(nn.Module):
             raise ValueError(f"Expected input feature size (last dim) {self.input_size}, got {x.shape[-1]}")
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"Expected a non-empty input {layout}, got shape {list(x.shape)}")
+        self._check_input_dtype(x)
+
+    def _check_input_dtype(self, x: Tensor) -> None:
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"Expected a floating-point input, got {x.dtype}")
+        if x.dtype != self._param_dtype and autocast_dtype(x.device.type) is None:
+            raise ValueError(
+                f"Expected input dtype {self._param_dtype} (the parameters'; other dtypes only under "
+                f"torch.autocast), got {x.dtype}"
+            )
 
     def _prepare_state(self, state: State | None, n: int, like: Tensor) -> State:
+        """Check an incoming state and cast it to the parameters' dtype (zeros if None)."""
         if state is None:
-            return self.init_state(n, device=like.device, dtype=like.dtype)
+            return self.init_state(n, device=like.device)
         expected = (self.num_directions * self.num_layers, n, self.hidden_size)
         if self.cell == "lstm":
             if not (isinstance(state, (tuple, list)) and len(state) == 2 and all(isinstance(s, Tensor) for s in state)):
@@ -250,9 +355,9 @@ class RNNStack(nn.Module):
         for name, t in parts:
             if tuple(t.shape) != expected:
                 raise ValueError(f"Expected {name} size {expected}, got {list(t.shape)}")
-            if t.dtype != like.dtype:
-                raise ValueError(f"Expected {name} dtype {like.dtype} (the input's), got {t.dtype}")
-        return (state[0], state[1]) if self.cell == "lstm" else state
+            if not t.dtype.is_floating_point:
+                raise ValueError(f"Expected {name} to be a floating-point tensor, got {t.dtype}")
+        return _cast_state(tuple(state) if self.cell == "lstm" else state, self._param_dtype)
 
     @staticmethod
     def _check_lengths(lengths: Tensor, n: int, length: int) -> Tensor:
@@ -281,12 +386,14 @@ class RNNStack(nn.Module):
                 raise ValueError(
                     f"Expected PackedSequence data of shape (*, {self.input_size}), got {list(data.shape)}"
                 )
+            self._check_input_dtype(data)
             n = int(batch_sizes[0])
             hx = self._prepare_state(state, n, data)
             if sorted_idx is not None:
                 hx = _select_rows(hx, sorted_idx)
-            masks = self._draw_masks(n, data)
+            masks = self._draw_masks(n, len(batch_sizes), data)
             out, hn = self._run(data, batch_sizes, hx, masks)
+            hn = _cast_state(hn, self._param_dtype)
             if unsorted_idx is not None:
                 hn = _select_rows(hn, unsorted_idx)
             return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), hn
@@ -302,15 +409,16 @@ class RNNStack(nn.Module):
             return out, hn
         x = input.transpose(0, 1) if self.batch_first else input  # (L, N, F)
         hx = self._prepare_state(state, n, input)
-        masks = self._draw_masks(n, input)
+        masks = self._draw_masks(n, length, input)
         out, hn = self._run(x, None, hx, masks)  # (L, N, D*H)
-        return (out.transpose(0, 1) if self.batch_first else out), hn
+        return (out.transpose(0, 1) if self.batch_first else out), _cast_state(hn, self._param_dtype)
 
     def forward_steps(self, input: Tensor, state: State | None = None) -> tuple[Tensor, list[State]]:
         """Unrolled forward: one step at a time over the same parameters, returning every step's state.
 
         Computes the same as :meth:`forward` (to float rounding, with the same dropout semantics: masks are
-        drawn once for the whole call, in the same order, so the same RNG seed gives the same masks), but
+        drawn once for the whole call, in the same order, so the same RNG seed gives the same masks; step t
+        uses zoneout's draws of step t), but
         exposes the state after every step with autograd attached: ``step_states[t]`` is the tensor fed
         into step t+1, so ``torch.autograd.grad(loss_t, step_states[t - k])`` measures how much gradient
         survives k steps back. Unidirectional stacks only.
@@ -332,19 +440,31 @@ class RNNStack(nn.Module):
         n = input.shape[0] if self.batch_first else input.shape[1]
         x = input.transpose(0, 1) if self.batch_first else input  # (L, N, F)
         hx = self._prepare_state(state, n, input)
-        masks = self._draw_masks(n, input)
+        masks = self._draw_masks(n, x.shape[0], input)
         outs, step_states = [], []
         for t in range(x.shape[0]):
-            out_t, hx = self._run(x[t : t + 1], None, hx, masks)  # (1, N, H)
+            out_t, hx = self._run(x[t : t + 1], None, hx, masks.at_step(t))  # (1, N, H)
+            hx = _cast_state(hx, self._param_dtype)
             outs.append(out_t)
             step_states.append(hx)
         out = torch.cat(outs, 0)  # (L, N, H)
         return (out.transpose(0, 1) if self.batch_first else out), step_states
 
     # ------------------------------------------------------------------ internals
-    def _draw_masks(self, n: int, like: Tensor) -> _Masks:
-        """Draw every mask of one forward call (fixed order: input, weights, layers, states, output)."""
-        masks = _Masks(w_hh=[None] * len(self._names), layer=[None] * self.num_layers, state=[None] * len(self._names))
+    def _draw_masks(self, n: int, length: int, like: Tensor) -> _Masks:
+        """Draw every mask of one forward call (fixed order: input, weights, layers, states, output, zoneout).
+
+        Masks are drawn in the parameters' dtype on ``like``'s device (scaled masks stay exact under
+        autocast); zoneout draws are (L, N, H) per layer and direction, indexed by time step.
+        """
+        k = len(self._names)
+        masks = _Masks(w_hh=[None] * k, layer=[None] * self.num_layers, state=[None] * k,
+                       zoneout_h=[None] * k, zoneout_c=[None] * k)
+        like = self.weight_hh_l0.new_empty(0, device=like.device)
+        if self.zoneout > 0 and not self._dropout_active:  # eval: the expectation
+            masks.zoneout_h = [self.zoneout] * k
+            if self.cell == "lstm":
+                masks.zoneout_c = [self.zoneout] * k
         if not self._dropout_active:
             return masks
         if self.input_dropout > 0:
@@ -360,6 +480,11 @@ class RNNStack(nn.Module):
             masks.state = [_scaled_mask((n, self.hidden_size), self.recurrent_dropout, like) for _ in self._names]
         if self.output_dropout > 0:
             masks.output = _scaled_mask((n, self.output_size), self.output_dropout, like)
+        if self.zoneout > 0:
+            shape = (length, n, self.hidden_size)
+            masks.zoneout_h = [_keep_mask(shape, self.zoneout, like) for _ in self._names]
+            if self.cell == "lstm":
+                masks.zoneout_c = [_keep_mask(shape, self.zoneout, like) for _ in self._names]
         return masks
 
     def _weights(self, k: int, masks: _Masks) -> list[Tensor]:
@@ -372,10 +497,25 @@ class RNNStack(nn.Module):
     def _kernel(self, x: Tensor, batch_sizes: Tensor | None, hx: State, weights: list[Tensor], num_layers: int):
         """One fused call of torch's RNN kernel (what ``nn.LSTM.forward`` calls) over ``num_layers`` layers."""
         kernel = _KERNELS[self.cell]
-        if batch_sizes is None:
-            res = kernel(x, hx, weights, self.bias, num_layers, 0.0, self.training, self.bidirectional, False)
-        else:
-            res = kernel(x, batch_sizes, hx, weights, self.bias, num_layers, 0.0, self.training, self.bidirectional)
+        # One dtype in (the parameters'); under autocast torch's kernels choose their compute dtype as they
+        # do for torch.nn.LSTM (cuDNN and oneDNN's LSTM cast to autocast's dtype themselves).
+        x, hx = x.to(weights[0].dtype), _cast_state(hx, weights[0].dtype)
+        own = num_layers == self.num_layers and all(isinstance(w, nn.Parameter) for w in weights)
+        if x.is_cuda and not own and autocast_dtype("cuda") is None and not _is_one_chunk(weights):
+            # one layer's call or DropConnect-dropped weights: not the flattened parameter buffer (under
+            # autocast, cuDNN's cast re-flattens the weights on every call anyway)
+            weights = _one_chunk(weights)
+        amp = autocast_dtype(x.device.type)
+        guard = contextlib.nullcontext()
+        if amp is not None and x.device.type == "cpu" and self.cell == "lstm" and not _cpu_lowp_lstm_ok(amp):
+            guard = torch.autocast("cpu", enabled=False)  # no oneDNN kernel in that dtype here: float32
+        with guard:
+            if batch_sizes is None:
+                res = kernel(x, hx, weights, self.bias, num_layers, 0.0, self.training, self.bidirectional, False)
+            else:
+                res = kernel(
+                    x, batch_sizes, hx, weights, self.bias, num_layers, 0.0, self.training, self.bidirectional
+                )
         if self.cell == "lstm":
             return res[0], (res[1], res[2])
         return res[0], res[1]
@@ -391,6 +531,7 @@ class RNNStack(nn.Module):
             bool(self.residual)
             or any(m is not None for m in masks.layer)
             or any(m is not None for m in masks.state)
+            or any(z is not None for z in masks.zoneout_h)
         )
         if not per_layer:  # fast path: one fused multi-layer call
             weights = [w for k in range(len(self._names)) for w in self._weights(k, masks)]
@@ -403,8 +544,8 @@ class RNNStack(nn.Module):
                 inp = _apply_row_mask(layer_in, masks.layer[layer], batch_sizes)
                 sl = slice(layer * d, (layer + 1) * d)
                 hx_l = (hx[0][sl], hx[1][sl]) if lstm else hx[sl]
-                if masks.state[layer * d] is not None:
-                    out, hn_l = self._state_dropout_layer(inp, batch_sizes, hx_l, layer, masks)
+                if masks.state[layer * d] is not None or masks.zoneout_h[layer * d] is not None:
+                    out, hn_l = self._step_layer(inp, batch_sizes, hx_l, layer, masks)
                 else:
                     weights = [w for k in range(layer * d, (layer + 1) * d) for w in self._weights(k, masks)]
                     out, hn_l = self._kernel(inp, batch_sizes, hx_l, weights, 1)
@@ -413,6 +554,7 @@ class RNNStack(nn.Module):
                 finals.append(hn_l)
                 layer_in = out
             out = layer_in
+            finals = [_cast_state(f, self._param_dtype) for f in finals]  # layers may differ under autocast
             if lstm:
                 hn = (torch.cat([f[0] for f in finals], 0), torch.cat([f[1] for f in finals], 0))
             else:
@@ -420,12 +562,24 @@ class RNNStack(nn.Module):
         out = _apply_row_mask(out, masks.output, batch_sizes)
         return out, hn
 
-    def _state_dropout_layer(
+    def _step_layer(
         self, x: Tensor, batch_sizes: Tensor | None, hx: State, layer: int, masks: _Masks
     ) -> tuple[Tensor, State]:
-        """One layer (both directions) with Gal's per-sequence mask on h_{t-1}: precomputed input
-        projection for the whole sequence, then a step loop with one ``addmm`` per step."""
+        """One layer (both directions) through the per-step recurrence (Gal's mask on h_{t-1}, zoneout):
+        precomputed input projection for the whole sequence, then a step loop with one product per step.
+
+        LSTM and GRU run the hand-written recurrences (unless ``second_order``); packed rows are padded for
+        them, and the steps past a row's length are frozen (h, c kept: zoneout weight 1), which is exactly
+        the packed recurrence; the tanh RNN and ``second_order`` run the autograd step loop."""
         lstm = self.cell == "lstm"
+        hand_written = self.cell != "rnn" and not self.second_order
+        frozen, lengths = None, None
+        if batch_sizes is not None and hand_written:
+            x, lengths = pad_packed_sequence(PackedSequence(x, batch_sizes), total_length=len(batch_sizes))
+            steps_idx = torch.arange(len(batch_sizes))
+            frozen = (steps_idx[:, None] >= lengths[None, :]).unsqueeze(-1)  # (L, N, 1): past the row's end
+            frozen = frozen.to(device=x.device, dtype=self._param_dtype)
+            batch_sizes = None
         outs, hs, cs = [], [], []
         for direction in range(self.num_directions):
             k = layer * self.num_directions + direction
@@ -437,21 +591,34 @@ class RNNStack(nn.Module):
                 xp = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
             h0 = hx[0][direction] if lstm else hx[direction]
             c0 = hx[1][direction] if lstm else None
-            if lstm and batch_sizes is None:  # hand-written backward, one weight-gradient product
-                xp = xp.flip(0) if direction == 1 else xp
-                out, h, c = lstm_masked_recurrence(xp, h0, c0, w_hh, masks.state[k])
+            mask, zh, zc = masks.state[k], masks.zoneout_h[k], masks.zoneout_c[k]
+            if frozen is not None:
+                zh, zc = _freeze(zh, frozen), (_freeze(zc, frozen) if lstm else None)
+            if lstm and hand_written:  # hand-written backward, one weight-gradient product
+                if direction == 1:  # run the reversed sequence; zoneout draws stay tied to time steps
+                    xp, zh, zc = (z.flip(0) if isinstance(z, Tensor) else z for z in (xp, zh, zc))
+                out, h, c = lstm_recurrence(xp, h0, c0, w_hh, mask, zh, zc)
                 outs.append(out.flip(0) if direction == 1 else out)
                 hs.append(h)
                 cs.append(c)
                 continue
+            if self.cell == "gru" and hand_written:
+                if direction == 1:
+                    xp, zh = (z.flip(0) if isinstance(z, Tensor) else z for z in (xp, zh))
+                out, h = gru_recurrence(xp, h0, w_hh, b_hh, mask, zh)
+                outs.append(out.flip(0) if direction == 1 else out)
+                hs.append(h)
+                continue
             steps = list(xp.unbind(0)) if batch_sizes is None else list(xp.split(batch_sizes.tolist()))
-            step_outs, h, c = _step_loop(
-                self.cell, steps, h0, c0, w_hh.t(), b_hh, masks.state[k], reverse=direction == 1
+            step_outs, h, c = step_loop(
+                self.cell, steps, h0, c0, w_hh, None if lstm else b_hh, mask, direction == 1, zh, zc
             )
             outs.append(torch.stack(step_outs) if batch_sizes is None else torch.cat(step_outs))
             hs.append(h)
             cs.append(c)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+        if lengths is not None:  # back to packed rows
+            out = pack_padded_sequence(out, lengths).data
         h_n = torch.stack(hs)
         return out, ((h_n, torch.stack(cs)) if lstm else h_n)
 
@@ -469,6 +636,10 @@ class RNNStack(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         if self.recurrent_dropout:
             s += f", recurrent_dropout={self.recurrent_dropout}, recurrent_dropout_mode={self.recurrent_dropout_mode!r}"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout}"
+        if self.second_order:
+            s += ", second_order=True"
         return s
 
 
@@ -486,52 +657,95 @@ def _select_rows(state: State, index: Tensor) -> State:
     return state.index_select(1, index.to(state.device))
 
 
-def _step_loop(
-    cell: str,
-    steps: list[Tensor],
-    h: Tensor,
-    c: Tensor | None,
-    w_hh_t: Tensor,
-    b_hh: Tensor | None,
-    mask: Tensor,
-    reverse: bool,
-) -> tuple[list[Tensor], Tensor, Tensor | None]:
-    """Run one direction of one layer step by step with a per-sequence mask on h_{t-1}.
+def _cast_state(state: State, dtype: torch.dtype) -> State:
+    """``state`` with every tensor in ``dtype`` (no copy where it already is)."""
+    if isinstance(state, tuple):
+        return tuple(s.to(dtype) for s in state)  # type: ignore[return-value]
+    return state.to(dtype)
 
-    ``steps[t]`` is the precomputed input projection (n_t, G*H) of step t (``n_t`` rows: in a packed
-    sequence the active rows are a prefix, sorted by decreasing length; the others keep their state).
-    ``mask`` (N, H) multiplies h_{t-1} in the recurrent product only (LSTM's c and GRU's z*h use the
-    unmasked h). Returns the per-step outputs (in time order) and the final h (N, H) and c.
+
+def _freeze(z: Zoneout, frozen: Tensor) -> Tensor:
+    """Zoneout weights with every frozen step (1 in ``frozen`` (L, N, 1)) keeping its previous value."""
+    if z is None:
+        return frozen
+    return z + (1 - z) * frozen  # (L, N, H) or, for the constant p of eval, (L, N, 1)
+
+
+def _keep_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """Zoneout draws: 1 (keep the previous value) with probability ``p``, else 0; unscaled."""
+    return like.new_empty(shape).uniform_().lt_(p)
+
+
+@functools.cache
+def _cpu_lowp_lstm_ok_cached(dtype: torch.dtype, mkldnn: bool) -> bool:
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", dtype=dtype):
+            x = torch.ones(2, 1, 2, requires_grad=True)
+            h = torch.zeros(1, 1, 2)
+            weights = [torch.full((8, 2), 0.1), torch.full((8, 2), 0.1), torch.zeros(8), torch.zeros(8)]
+            out = _VF.lstm(x, (h, h), weights, True, 1, 0.0, True, False, False)[0]
+            out.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _cpu_lowp_lstm_ok(dtype: torch.dtype) -> bool:
+    """Whether torch's fused LSTM runs (forward and backward) under CPU autocast to ``dtype`` here.
+
+    oneDNN has no bf16 / fp16 LSTM primitive on CPUs without the matching AVX-512 / AMX support ("could
+    not create a primitive descriptor"). Probed once per process (and oneDNN switch), on constant tensors
+    (no RNG use).
     """
-    n, hidden = h.shape
-    outs: list[Tensor] = [h] * len(steps)
-    masks_by_size = {n: mask}
-    for t in (range(len(steps) - 1, -1, -1) if reverse else range(len(steps))):
-        xt = steps[t]
-        bs = xt.shape[0]
-        full = bs == n
-        m = masks_by_size.get(bs)
-        if m is None:
-            m = masks_by_size[bs] = mask[:bs]
-        hp = h if full else h[:bs]
-        if cell == "lstm":
-            cp = c if full else c[:bs]
-            gates = torch.addmm(xt, hp * m, w_hh_t)  # (bs, 4H): i, f, g, o
-            sig = torch.sigmoid(gates)
-            i, f, _, o = sig.chunk(4, 1)
-            g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
-            c_new = torch.addcmul(f * cp, i, g)
-            h_new = o * torch.tanh(c_new)
-            c = c_new if full else torch.cat([c_new, c[bs:]])
-        elif cell == "gru":
-            hm = hp * m
-            gh = torch.mm(hm, w_hh_t) if b_hh is None else torch.addmm(b_hh, hm, w_hh_t)  # (bs, 3H): r, z, n
-            rz = torch.sigmoid(xt[:, : 2 * hidden] + gh[:, : 2 * hidden])
-            r, z = rz.chunk(2, 1)
-            n_gate = torch.tanh(torch.addcmul(xt[:, 2 * hidden :], r, gh[:, 2 * hidden :]))
-            h_new = torch.addcmul(n_gate, z, hp - n_gate)
-        else:
-            h_new = torch.tanh(torch.addmm(xt, hp * m, w_hh_t))
-        outs[t] = h_new
-        h = h_new if full else torch.cat([h_new, h[bs:]])
-    return outs, h, c
+    return _cpu_lowp_lstm_ok_cached(dtype, torch.backends.mkldnn.enabled)
+
+
+def _check_torch_keywords(cell: str, dropout: float, nonlinearity: str | None, proj_size: int) -> None:
+    """Refuse the ``torch.nn.RNN/LSTM/GRU`` keywords that mean something else here, naming the option."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or dropout != 0:
+        raise ValueError(
+            f"Expected dropout=0 (torch.nn.LSTM's keyword): RNNStack's dropout between layers is "
+            f"layer_dropout (step-tied: one mask per sequence, the same at every step), with input_dropout, "
+            f"output_dropout and recurrent_dropout beside it; got dropout={dropout!r}"
+        )
+    if nonlinearity is not None:
+        if cell != "rnn":
+            raise ValueError(
+                f"Expected nonlinearity=None for cell={cell!r} (torch.nn.RNN's keyword applies to cell='rnn'), "
+                f"got {nonlinearity!r}"
+            )
+        if nonlinearity != "tanh":
+            raise ValueError(
+                f"Expected nonlinearity='tanh' (cell='rnn' is the tanh RNN; relu is not available), "
+                f"got {nonlinearity!r}"
+            )
+    if isinstance(proj_size, bool) or proj_size != 0:
+        raise ValueError(f"Expected proj_size=0 (RNNStack has no LSTM projections), got {proj_size!r}")
+
+
+def _is_one_chunk(weights: list[Tensor]) -> bool:
+    """Whether ``weights`` are consecutive contiguous views from the start of one storage."""
+    ptr, offset = weights[0].untyped_storage().data_ptr(), 0
+    for w in weights:
+        if w.untyped_storage().data_ptr() != ptr or w.storage_offset() != offset or not w.is_contiguous():
+            return False
+        offset += w.numel()
+    return True
+
+
+def _one_chunk(weights: list[Tensor]) -> list[Tensor]:
+    """``weights`` as views of ONE fresh contiguous buffer (torch order), autograd-connected to them.
+
+    cuDNN takes an RNN's weights without copying them only when they are views of one buffer in its
+    layout; for one layer's call, or with DropConnect-dropped ``weight_hh``, the weights are not. Copying
+    them here (cuDNN would copy them anyway) hands cuDNN one chunk instead of triggering its per-call
+    "not part of single contiguous chunk of memory" warning and copy. If cuDNN's layout differed from this
+    concatenation it would still copy, never compute on misplaced weights (it checks every pointer).
+    """
+    with torch.profiler.record_function("lightning_rnn.one_chunk_weights"):  # counted by benchmarks/gpu_check.py
+        flat = torch.cat([w.reshape(-1) for w in weights])
+        views, offset = [], 0
+        for w in weights:
+            views.append(flat[offset : offset + w.numel()].view(w.shape))
+            offset += w.numel()
+    return views

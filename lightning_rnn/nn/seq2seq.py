@@ -120,7 +120,7 @@ class Seq2SeqEncoder(nn.Module):
 
     Args:
         vocab_size: V_src.
-        embedding_size: E.
+        embedding_dim: E.
         hidden_size: H per direction.
         num_layers: L.
         cell: ``"rnn"`` | ``"lstm"`` | ``"gru"``.
@@ -142,7 +142,7 @@ class Seq2SeqEncoder(nn.Module):
     def __init__(
         self,
         vocab_size: int,
-        embedding_size: int,
+        embedding_dim: int,
         hidden_size: int,
         num_layers: int = 1,
         *,
@@ -158,10 +158,10 @@ class Seq2SeqEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.vocab_size = _positive(vocab_size, "vocab_size")
-        self.embedding = nn.Embedding(vocab_size, _positive(embedding_size, "embedding_size"), padding_idx=padding_idx)
+        self.embedding = nn.Embedding(vocab_size, _positive(embedding_dim, "embedding_dim"), padding_idx=padding_idx)
         self.rnn = RNNStack(
             cell,
-            embedding_size,
+            embedding_dim,
             hidden_size,
             num_layers,
             bidirectional=bidirectional,
@@ -179,11 +179,17 @@ class Seq2SeqEncoder(nn.Module):
         self.num_directions = self.rnn.num_directions
         self.output_size = self.rnn.output_size
 
-    def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    def forward(
+        self, src: Tensor, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+        """Inputs: src (N, S) ids; lengths (N,), or None when every row has all S steps (the unpacked path
+        ``torch.export`` / ONNX export trace). Outputs: outputs (N, S, D*H), the final state."""
         if src.dim() != 2:
             raise ValueError(f"Expected src of shape (N, S), got {list(src.shape)}")
-        check_lengths(lengths, src.size(0), src.size(1))
-        check_token_ids(src, self.vocab_size, "src")
+        if lengths is not None:
+            check_lengths(lengths, src.size(0), src.size(1))
+        if not torch.compiler.is_compiling():  # a data-dependent check: not part of a traced graph
+            check_token_ids(src, self.vocab_size, "src")
         emb = self.embedding(src)  # (N, S, E)
         outputs, state = self.rnn(emb, lengths=lengths)  # (N, S, D*H)
         return outputs, state
@@ -285,13 +291,13 @@ class AttentionDecoder(nn.Module):
     - ``attention="none"``: a plain decoder (Sutskever et al. 2014) conditioned only through its initial
       state; ``o_t = tanh(W_o [h_t; e_t])``.
 
-    Logits are ``W_s dropout(o_t)``; with ``tie_embeddings`` ``W_s`` is the embedding matrix (the output
+    Logits are ``W_s dropout(o_t)``; with ``tie_weights`` ``W_s`` is the embedding matrix (the output
     vector then has size E instead of H).
 
     The memory can be anything with a batch dimension: encoder outputs with their padding mask, or, for
     one-to-many generation (captioning), a set of feature vectors (N, S, K) or a single vector (N, K)::
 
-        >>> dec = AttentionDecoder(vocab_size=20, embedding_size=8, hidden_size=16, memory_size=32)
+        >>> dec = AttentionDecoder(vocab_size=20, embedding_dim=8, hidden_size=16, memory_size=32)
         >>> image_features = torch.randn(2, 49, 32)  # e.g. a 7x7 CNN grid per image
         >>> memory = dec.prepare_memory(image_features)  # no mask: every position is real
         >>> captions_in = torch.randint(0, 20, (2, 5))  # BOS + caption tokens
@@ -304,7 +310,7 @@ class AttentionDecoder(nn.Module):
 
     Args:
         vocab_size: V.
-        embedding_size: E.
+        embedding_dim: E.
         hidden_size: H of every decoder layer.
         memory_size: K, feature size of the memory (``D*H_enc`` for an RNN encoder).
         num_layers: L_dec.
@@ -314,7 +320,7 @@ class AttentionDecoder(nn.Module):
         attention_size: A for additive / concat scores (default H).
         input_feeding: Luong input feeding of ``h~_{t-1}``.
         dropout: on the embeddings, between layers and on the output vector (per step).
-        tie_embeddings: share the output projection with the input embedding.
+        tie_weights: share the output projection with the input embedding.
         padding_idx: embedding row kept at zero.
 
     Inputs: tgt_in, memory, state, teacher_forcing
@@ -333,7 +339,7 @@ class AttentionDecoder(nn.Module):
     def __init__(
         self,
         vocab_size: int,
-        embedding_size: int,
+        embedding_dim: int,
         hidden_size: int,
         memory_size: int,
         num_layers: int = 1,
@@ -344,12 +350,12 @@ class AttentionDecoder(nn.Module):
         attention_size: int | None = None,
         input_feeding: bool = True,
         dropout: float = 0.0,
-        tie_embeddings: bool = False,
+        tie_weights: bool = False,
         padding_idx: int | None = None,
     ) -> None:
         super().__init__()
         self.vocab_size = _positive(vocab_size, "vocab_size")
-        self.embedding_size = _positive(embedding_size, "embedding_size")
+        self.embedding_dim = _positive(embedding_dim, "embedding_dim")
         self.hidden_size = _positive(hidden_size, "hidden_size")
         self.memory_size = _positive(memory_size, "memory_size")
         self.num_layers = _positive(num_layers, "num_layers")
@@ -364,10 +370,10 @@ class AttentionDecoder(nn.Module):
         if isinstance(dropout, bool) or not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"Expected dropout in [0, 1), got {dropout!r}")
         self.input_feeding = bool(input_feeding) and self.ordering == "luong"
-        self.tie_embeddings = bool(tie_embeddings)
-        self.output_size = embedding_size if tie_embeddings else hidden_size  # F
+        self.tie_weights = bool(tie_weights)
+        self.output_size = embedding_dim if tie_weights else hidden_size  # F
 
-        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=padding_idx)
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
         self.attention: nn.Module | None = None
         if score == "additive":
             self.attention = BahdanauAttention(hidden_size, memory_size, attention_size or hidden_size)
@@ -380,21 +386,21 @@ class AttentionDecoder(nn.Module):
             self.attention = LuongAttention(hidden_size, memory_size, score, hidden_size=attention_size)
 
         if self.ordering == "bahdanau":
-            cell_input = embedding_size + memory_size
-            self.out_proj = nn.Linear(hidden_size + memory_size + embedding_size, self.output_size)
+            cell_input = embedding_dim + memory_size
+            self.out_proj = nn.Linear(hidden_size + memory_size + embedding_dim, self.output_size)
         elif self.ordering == "luong":
-            cell_input = embedding_size + (self.output_size if self.input_feeding else 0)
+            cell_input = embedding_dim + (self.output_size if self.input_feeding else 0)
             self.out_proj = nn.Linear(memory_size + hidden_size, self.output_size)
         else:
-            cell_input = embedding_size
-            self.out_proj = nn.Linear(hidden_size + embedding_size, self.output_size)
+            cell_input = embedding_dim
+            self.out_proj = nn.Linear(hidden_size + embedding_dim, self.output_size)
         cell_cls = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[self.cell]
         self.cells = nn.ModuleList(
             cell_cls(cell_input if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
         )
         self.dropout = nn.Dropout(float(dropout))
         self.generator = nn.Linear(self.output_size, vocab_size, bias=True)
-        if self.tie_embeddings:
+        if self.tie_weights:
             self.generator.weight = self.embedding.weight
 
     # ------------------------------------------------------------------ setup

@@ -14,6 +14,9 @@ Two fits per process, both ``strategy="ddp"`` on 2 CPU processes (gloo):
 Per fit and rank: the ``tbptt_steps`` of every batch and of every optimizer step, the number of optimizer
 steps, the callback's ``state_dict``, the final parameters, how often the probe ran, and a fingerprint of the
 rank's local batches (the ranks must see different data, or the test proves little).
+
+With ``LRNN_FAIL_PROBE=AdaptiveTBPTT`` (or ``GradientFlowMonitor``) in the environment it instead fits once with
+that callback and a probe that raises on rank 0: every rank must stop with an error, none may hang.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from lightning_rnn.callbacks import AdaptiveTBPTT
+from lightning_rnn.callbacks import AdaptiveTBPTT, GradientFlowMonitor
 from tests.callbacks._diagnostics_models import FixedMemoryRNN  # noqa: E402
 
 START_K = 24
@@ -52,6 +55,8 @@ class ShortMemoryRNN(FixedMemoryRNN):
 
     def gradient_flow_probe(self, batch: Any, max_steps: int | None = None):
         self.probe_calls += 1
+        if os.environ.get("LRNN_FAIL_PROBE") and self.global_rank == 0:
+            raise RuntimeError("the probe broke on purpose")
         return super().gradient_flow_probe(batch, max_steps)
 
 
@@ -81,7 +86,9 @@ def _data() -> DataLoader:
 def _fit(out_dir: Path, max_epochs: int, ckpt_path: str | None = None) -> dict[str, Any]:
     pl.seed_everything(0, verbose=False)
     model = ShortMemoryRNN(tbptt_steps=START_K)
-    cb = AdaptiveTBPTT(**CALLBACK_KWARGS)
+    fail = os.environ.get("LRNN_FAIL_PROBE")
+    cb = GradientFlowMonitor(every_n_steps=4, max_lag=8, heatmap=False) if fail == "GradientFlowMonitor" \
+        else AdaptiveTBPTT(**CALLBACK_KWARGS)
     record = Record()
     callbacks: list[pl.Callback] = [cb, record]
     if ckpt_path is None:
@@ -117,6 +124,9 @@ def _fit(out_dir: Path, max_epochs: int, ckpt_path: str | None = None) -> dict[s
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     out = Path(out_dir)
+    if os.environ.get("LRNN_FAIL_PROBE"):
+        _fit(out, max_epochs=1)
+        return
     result = {"full": _fit(out, max_epochs=3)}
     ckpts = glob.glob(str(out / "ckpt" / "epoch=1-*.ckpt"))  # after the 2nd epoch (written by rank 0)
     assert len(ckpts) == 1, ckpts

@@ -30,7 +30,7 @@ class TinyLSTMLM(pl.LightningModule):
         self.head = nn.Linear(hidden, vocab)
         self.probe_uses_rng = probe_uses_rng
         self.losses: list[float] = []
-        self.probe_modes: list[bool] = []
+        self.probe_modes: list[tuple[bool, float]] = []  # (training, LSTM dropout) seen by each probe
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -44,7 +44,7 @@ class TinyLSTMLM(pl.LightningModule):
         x, y = batch
         if max_steps is not None:
             x, y = x[:, :max_steps], y[:, :max_steps]
-        self.probe_modes.append(self.training)
+        self.probe_modes.append((self.training, self.lstm.dropout))
         e = self.emb(x)  # (N, L, E)
         if self.probe_uses_rng:
             e = e + 0.0 * torch.rand_like(e)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_rnn.callbacks import AdaptiveGradientClipping, NonFiniteGradientError
+from lightning_rnn.functional import ClipRule, QuantileClipRule, UnitwiseClipRule, ZScoreClipRule
 
 from .._cpu_features import cpu_bf16_lstm_supported
 
@@ -132,11 +133,11 @@ def _trainer(callbacks, **kwargs) -> pl.Trainer:
     return pl.Trainer(callbacks=callbacks, **kw)
 
 
-def _fit(cb, model=None, probes=True, **kwargs):
+def _fit(cb, model=None, probes=True, extra=(), **kwargs):
     torch.manual_seed(0)
     model = model if model is not None else LSTMRegressor()
     pre, post, after = Probe(), Probe(), AfterStep()
-    callbacks = [pre, cb, post, after] if probes else [cb]
+    callbacks = [pre, cb, *extra, post, after] if probes else [cb, *extra]
     trainer = _trainer(callbacks, **kwargs)
     trainer.fit(model, _data())
     return trainer, model, pre, post, after
@@ -181,6 +182,187 @@ def test_state_keys_distinguish_instances():
         AdaptiveGradientClipping("agc").state_key,
     }
     assert len(keys) == 4
+    # The key is where checkpoints keep the state: it stays what earlier versions wrote, so they still load.
+    assert AdaptiveGradientClipping("zscore", max_norm=5.0).state_key == (
+        "AdaptiveGradientClipping{'mode': 'zscore', 'z_threshold': 2.5, 'alpha': 0.97, 'warmup_steps': 25, "
+        "'max_norm': 5.0}"
+    )
+    assert AdaptiveGradientClipping("agc").state_key == (
+        "AdaptiveGradientClipping{'mode': 'agc', 'agc_lambda': 0.01, 'agc_eps': 0.001, 'max_norm': None}"
+    )
+
+
+# ----------------------------------------------------------------------------- rules: names and objects
+class Decisions(pl.Callback):
+    """The clipping callback's decision at every optimizer step (placed after it)."""
+
+    def __init__(self, clip: AdaptiveGradientClipping) -> None:
+        self.clip = clip
+        self.norms: list[float] = []
+        self.thresholds: list[float | None] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.norms.append(self.clip.last_norm)
+        self.thresholds.append(self.clip.last_threshold)
+
+
+class MeanRule(ClipRule):
+    """A user's rule: ``factor`` times the running mean of the norms, the current one included."""
+
+    def __init__(self, factor: float = 1.2) -> None:
+        self.factor, self.total, self.count = factor, 0.0, 0
+
+    def step(self, norm: float) -> float:
+        self.total, self.count = self.total + norm, self.count + 1
+        return self.factor * self.total / self.count
+
+    def state_dict(self):
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state):
+        self.total, self.count = float(state.get("total", 0.0)), int(state.get("count", 0))
+
+    def __repr__(self) -> str:
+        return f"MeanRule(factor={self.factor})"
+
+
+def _decisions(clip: AdaptiveGradientClipping, model=None, **kwargs):
+    rec = Decisions(clip)
+    _, model, pre, post, after = _fit(clip, model=model, extra=[rec], **kwargs)
+    return rec, model, pre, post
+
+
+@pytest.mark.parametrize(
+    ("mode", "kwargs", "rule"),
+    [
+        ("quantile", {"quantile": 0.3, "window": 5}, QuantileClipRule(quantile=0.3, window=5)),
+        ("zscore", {"warmup_steps": 3, "z_threshold": 1.0, "alpha": 0.9},
+         ZScoreClipRule(alpha=0.9, z_threshold=1.0, warmup_steps=3)),
+        ("agc", {"agc_lambda": 0.01}, UnitwiseClipRule(clip_factor=0.01)),
+    ],
+)
+def test_each_named_mode_equals_its_rule_object_and_the_functional_rule(mode, kwargs, rule):
+    """A mode name and the same rule passed as an object train bit for bit alike, and the thresholds are the
+    functional rule's on the same norms (AutoClip's also np.percentile's)."""
+    by_name, m_name, pre, post = _decisions(AdaptiveGradientClipping(mode, max_norm=40.0, **kwargs))
+    by_object, m_object, _, _ = _decisions(AdaptiveGradientClipping(rule, max_norm=40.0))
+    assert by_name.norms == by_object.norms and by_name.thresholds == by_object.thresholds
+    for a, b in zip(m_name.parameters(), m_object.parameters()):
+        assert torch.equal(a, b)
+    norms = by_name.norms
+    if mode == "agc":
+        reference = [math.inf] * len(norms)
+        assert any(not torch.equal(a, b) for a, b in zip(pre.grads[0], post.grads[0]))  # AGC did clip
+    else:
+        fresh = {"quantile": QuantileClipRule(0.3, 5), "zscore": ZScoreClipRule(0.9, 1.0, 3)}[mode]
+        reference = [fresh.step(n) for n in norms]
+    expected = [min(t, 40.0) for t in reference]
+    assert by_name.thresholds == [t if math.isfinite(t) else None for t in expected]
+    if mode == "quantile":
+        np.testing.assert_allclose(reference, _expected_windowed_autoclip(norms, 0.3, 5), rtol=1e-12)
+    assert any(a > t * (1 + 1e-6) for a, t in zip(pre.norms, expected))  # some step was clipped
+
+
+def _expected_windowed_autoclip(norms: list[float], q: float, window: int) -> list[float]:
+    return [float(np.percentile(norms[max(0, i + 1 - window) : i + 1], 100 * q)) for i in range(len(norms))]
+
+
+def test_a_user_rule_object_end_to_end(tmp_path):
+    """A user's ClipRule: its thresholds clip the gradients, it is logged, and its state goes through a checkpoint
+    so a resumed run continues like the uninterrupted one."""
+    rule = MeanRule(1.2)
+    clip = AdaptiveGradientClipping(rule)
+    assert clip.mode == "MeanRule"
+    rec, _, pre, post = _decisions(clip, model=LSTMRegressor(scale=100.0))
+    assert rule.count == len(pre.norms) == 8  # the object itself is the first optimizer's rule
+    n_clipped = 0
+    for i, (a, b) in enumerate(zip(pre.norms, post.norms)):
+        threshold = 1.2 * sum(rec.norms[: i + 1]) / (i + 1)
+        assert rec.thresholds[i] == pytest.approx(threshold, rel=1e-12)
+        assert b == pytest.approx(min(a, threshold), rel=1e-5)
+        n_clipped += int(a > threshold * (1 + 1e-6))
+    assert 0 < n_clipped < 8
+    assert clip.state_dict()["optimizers"][0]["rule"] == {"total": rule.total, "count": 8}
+    # Checkpoint and resume: the same state as an uninterrupted two-epoch run.
+    full = AdaptiveGradientClipping(MeanRule(1.2))
+    torch.manual_seed(0)
+    _trainer([full], max_epochs=2).fit(LSTMRegressor(scale=100.0), _data())
+    first = AdaptiveGradientClipping(MeanRule(1.2))
+    torch.manual_seed(0)
+    t1 = _trainer([first], max_epochs=1)
+    t1.fit(LSTMRegressor(scale=100.0), _data())
+    t1.save_checkpoint(tmp_path / "rule.ckpt")
+    resumed_rule = MeanRule(1.2)
+    resumed = AdaptiveGradientClipping(resumed_rule)
+    _trainer([resumed], max_epochs=2).fit(LSTMRegressor(scale=100.0), _data(), ckpt_path=tmp_path / "rule.ckpt")
+    assert resumed_rule.count == 16
+    a, b = resumed.state_dict()["optimizers"][0], full.state_dict()["optimizers"][0]
+    assert a["rule"]["count"] == b["rule"]["count"] and a["rule"]["total"] == pytest.approx(b["rule"]["total"])
+    assert (a["steps"], a["clipped_steps"]) == (b["steps"], b["clipped_steps"])
+    # The state key tells rule objects apart (repr), as it does named modes.
+    keys = {AdaptiveGradientClipping(r).state_key for r in (MeanRule(1.2), MeanRule(2.0), QuantileClipRule())}
+    assert len(keys) == 3
+
+
+class ElementClipRule(ClipRule):
+    """A per-parameter rule: no global threshold, every gradient entry clamped to [-c, c]."""
+
+    def __init__(self, c: float) -> None:
+        self.c = c
+
+    def step(self, norm: float) -> float:
+        return math.inf
+
+    def clip_(self, parameters, norm_type=2.0) -> bool:
+        changed = False
+        for p in parameters:
+            changed |= bool((p.grad.abs() > self.c).any())
+            p.grad.clamp_(-self.c, self.c)
+        return changed
+
+
+def test_a_user_per_parameter_rule_leaves_the_output_layer_alone_like_agc():
+    clip = AdaptiveGradientClipping(ElementClipRule(0.05), max_norm=1e6)
+    rec, model, pre, post = _decisions(clip)
+    assert rec.thresholds == [1e6] * 8
+    names = [n for n, _ in model.named_parameters()]
+    for i in range(len(pre.grads)):
+        for name, g0, g1 in zip(names, pre.grads[i], post.grads[i]):
+            expected = g0 if name.startswith("head.") else g0.clamp(-0.05, 0.05)
+            torch.testing.assert_close(g1, expected, rtol=0, atol=0)
+    assert any(not torch.equal(g0, g1) for g0, g1 in zip(pre.grads[0], post.grads[0]))
+
+
+def test_each_optimizer_gets_its_own_copy_of_a_rule_object():
+    class TwoOptimizers(LSTMRegressor):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            for opt in self.optimizers():
+                opt.zero_grad()
+            self.manual_backward(self.loss(*batch))
+            for opt in self.optimizers():
+                opt.step()
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.rnn.parameters(), lr=0.05), torch.optim.SGD(self.head.parameters(), lr=0.05)]
+
+    rule = MeanRule(1.2)
+    clip = AdaptiveGradientClipping(rule)
+    trainer, *_ = _fit(clip, model=TwoOptimizers(), probes=False)
+    states = clip.state_dict()["optimizers"]
+    assert sorted(states) == [0, 1]
+    assert states[0]["rule"]["count"] == states[1]["rule"]["count"] == 8 == rule.count
+    assert states[0]["rule"]["total"] == rule.total != states[1]["rule"]["total"]  # separate histories
+    assert {"grad_clip/norm/opt0", "grad_clip/norm/opt1"} <= set(trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("mode", [QuantileClipRule, "auto", None])
+def test_mode_must_name_a_rule_or_be_a_rule_object(mode):
+    with pytest.raises(ValueError, match=r"Expected mode to be one of \('quantile', 'zscore', 'agc'\) or a ClipRule"):
+        AdaptiveGradientClipping(mode)
 
 
 # ----------------------------------------------------------------------------- automatic optimization
@@ -278,40 +460,48 @@ def test_manual_optimization_clips_every_step():
     assert "grad_clip/threshold" in trainer.callback_metrics  # logging works from inside opt.step()
 
 
-def test_logs_only_on_the_batches_lightning_writes(tmp_path):
-    """self.log is called on Lightning's log_every_n_steps schedule (+ first and last batch), and the CSV rows
-    hold exactly those steps' pre-clip norms: no logged value is lost, no log call is wasted."""
+def _with_own_metric(cls):
+    """The module also logs a metric of its own every step: Lightning's own schedule, to compare with."""
+
+    class OwnMetric(cls):
+        def training_step(self, batch, batch_idx):
+            self.log("own/batch_idx", float(batch_idx), on_step=True, on_epoch=False, batch_size=1)
+            return super().training_step(batch, batch_idx)
+
+    return OwnMetric
+
+
+@pytest.mark.parametrize(("manual", "every"), [(False, 3), (True, 3), (False, 1)])
+def test_logger_rows_follow_lightnings_schedule_with_each_batchs_last_step(tmp_path, manual, every):
+    """The callback logs every step and lets Lightning decide what reaches the loggers: its rows are exactly the
+    rows of a metric the module logs itself, and each holds the pre-clip norm of that batch's last optimizer step."""
+    import csv
+
     from lightning.pytorch.loggers import CSVLogger
 
     cb = AdaptiveGradientClipping("quantile", quantile=0.5)
-    model = LSTMRegressor()
-    logged_batches: list[int] = []
-    original_log = model.log
-
-    def counting_log(name, *args, **kwargs):
-        if name == "grad_clip/norm":
-            logged_batches.append(model.trainer.fit_loop.epoch_loop._batches_that_stepped)
-        return original_log(name, *args, **kwargs)
-
-    model.log = counting_log
+    model = _with_own_metric(ManualLSTM if manual else LSTMRegressor)()
+    steps_per_batch = 2 if manual else 1
     pre = Probe()
-    trainer = _trainer([pre, cb], logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=3)
+    trainer = _trainer([pre, cb], logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=every)
     torch.manual_seed(0)
-    trainer.fit(model, _data(n=80, batch_size=8))  # 10 batches, one optimizer step each
-    assert logged_batches == [0, 2, 5, 8, 9]  # first, every 3rd (Lightning's rule: (batch + 1) % 3 == 0), last
-    import csv
-
+    trainer.fit(model, _data(n=80, batch_size=8))  # 10 batches
+    assert len(pre.norms) == 10 * steps_per_batch
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("grad_clip/norm")]
-    assert [int(r["step"]) for r in rows] == [2, 5, 8]  # what Lightning writes at log_every_n_steps=3
-    for r in rows:
-        assert float(r["grad_clip/norm"]) == pytest.approx(pre.norms[int(r["step"])], rel=1e-5)
+        rows = list(csv.DictReader(f))
+    own = [int(r["step"]) for r in rows if r.get("own/batch_idx")]
+    clip_rows = [r for r in rows if r.get("grad_clip/norm")]
+    assert [int(r["step"]) for r in clip_rows] == own
+    assert len(own) == (10 if every == 1 else 10 // every)  # Lightning dropped the others at every > 1
+    for r in clip_rows:
+        last_step = (int(float(r["own/batch_idx"])) + 1) * steps_per_batch - 1
+        assert float(r["grad_clip/norm"]) == pytest.approx(pre.norms[last_step], rel=1e-5)
     assert float(trainer.callback_metrics["grad_clip/norm"]) == pytest.approx(pre.norms[-1], rel=1e-5)
 
 
 def test_a_stop_between_logging_steps_still_writes_that_steps_values(tmp_path):
-    """Lightning writes the step metrics of the batch in which training stops; the held-back values are
-    logged then, so that row is the stopping step's norm, not an earlier one."""
+    """Lightning writes the step metrics of the batch in which training stops: that row is the stopping step's
+    norm, not an earlier one."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
@@ -526,8 +716,8 @@ def test_tbptt_module_every_chunk_step_is_clipped():
 
 
 def test_tbptt_module_with_trainer_clip_is_refused():
-    # The TBPTT engine moves Trainer(gradient_clip_val) onto the module; the callback must still refuse it.
-    with pytest.raises(ValueError, match="clipped twice"):
+    # The TBPTT engine refuses Trainer(gradient_clip_val) itself (it never rewrites the Trainer).
+    with pytest.raises(ValueError, match=r"Trainer\(gradient_clip_val=None\)"):
         _trainer([AdaptiveGradientClipping()], gradient_clip_val=1.0).fit(_tbptt_model(), _tbptt_data())
 
 

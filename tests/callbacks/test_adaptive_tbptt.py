@@ -144,14 +144,22 @@ def test_short_batches_warn_once():
     assert model.tbptt_steps == 40  # set anyway; the module then uses whole batches
 
 
-def test_setup_errors():
-    with pytest.raises(TypeError, match="Expected a TBPTTModule"):
+def test_setup_refuses_a_module_without_truncation_length():
+    with pytest.raises(TypeError, match="TinyLSTMLM is not one"):
         quiet_trainer(max_steps=1, callbacks=[AdaptiveTBPTT()]).fit(
             TinyLSTMLM(), DataLoader(TensorDataset(torch.zeros(2, 4, dtype=torch.long),
                                                    torch.zeros(2, 4, dtype=torch.long)), batch_size=2))
-    x, y = make_data()
-    with pytest.raises(TypeError, match="gradient_flow_probe"):
-        quiet_trainer(max_steps=1, callbacks=[AdaptiveTBPTT()]).fit(SeqRegressor(tbptt_steps=5), loader(x, y, 2))
+
+
+def test_tbptt_module_without_own_probe_uses_the_default_probe():
+    # SeqRegressor (an nn.LSTM in a TBPTTModule) writes no gradient_flow_probe: tbptt_step gives it one
+    seed_everything(0)
+    x, y = make_data(n=4, length=24)
+    model = SeqRegressor(tbptt_steps=5)
+    cb = AdaptiveTBPTT(every_n_steps=1, min_steps=2, max_steps=12, probe_steps=8, num_targets=2)
+    quiet_trainer(max_steps=10, callbacks=[cb]).fit(model, loader(x, y, 2))
+    assert cb.history and all(2 <= h["steps"] <= 12 for h in cb.history)
+    assert model.tbptt_steps == cb.history[-1]["steps"]
 
 
 @pytest.mark.parametrize(

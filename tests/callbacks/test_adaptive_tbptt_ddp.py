@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 pytestmark = [
+    pytest.mark.slow,  # fast: tests/callbacks/test_adaptive_tbptt.py, DDP plumbing: tests/modules/test_tbptt_ddp.py
     pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP test on POSIX only"),
     pytest.mark.skipif(
         not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -30,8 +31,10 @@ pytestmark = [
 ]
 
 
-def _run_ddp(tmp_path: Path) -> list[dict]:
+def _run_ddp(tmp_path: Path, fail_probe: str | None = None) -> list[dict] | tuple[int, str]:
     env = dict(os.environ)
+    if fail_probe:
+        env["LRNN_FAIL_PROBE"] = fail_probe
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.setdefault("WANDB_MODE", "offline")
     env.pop("LOCAL_RANK", None)
@@ -51,6 +54,8 @@ def _run_ddp(tmp_path: Path) -> list[dict]:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
         pytest.fail("the 2-process DDP run did not finish within 240 s (a hang?)\n" + stderr[-3000:])
+    if fail_probe:
+        return proc.returncode, stdout + stderr
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
@@ -153,3 +158,13 @@ def test_resumed_ddp_run_continues_exactly(ranks):
     assert r0["probe_calls"] > 0 and r1["probe_calls"] == 0
     assert _max_abs_diff(r0["params"], r1["params"]) <= 1e-6
     assert _max_abs_diff(r0["params"], full["params"]) <= 1e-6
+
+
+@pytest.mark.slow  # two 2-process launches, ~25 s each
+@pytest.mark.parametrize("callback", ["AdaptiveTBPTT", "GradientFlowMonitor"])
+def test_a_probe_failing_on_rank_0_stops_every_rank(tmp_path, callback):
+    """The probe raises on rank 0 only: rank 1 learns it through the callback's broadcast and stops too."""
+    code, output = _run_ddp(tmp_path, fail_probe=callback)  # fails the test on a hang (timeout)
+    assert code != 0
+    assert "the probe broke on purpose" in output
+    assert f"{callback}: the gradient-flow probe failed on global rank 0 (RuntimeError: the probe broke" in output

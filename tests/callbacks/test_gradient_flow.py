@@ -42,7 +42,10 @@ def test_logs_expected_keys_and_values_csv(tmp_path):
         assert f"gradient_flow/lag_{k}" in last and f"gradient_flow/layer_1/lag_{k}" in last
     assert "gradient_flow/lag_8" not in last  # > max_lag
     assert float(last["gradient_flow/max_lag"]) == 5
-    # the last probe ran on the final weights: an independent computation on the same batch agrees
+    # training mode (cuDNN differentiates only training-mode RNNs), dropout switched off another way
+    assert model.probe_modes and all(mode == (True, 0.0) for mode in model.probe_modes)
+    assert model.lstm.dropout == 0.3 and model.training
+    # the last probe ran on the final weights: an independent computation (eval mode) on the same batch agrees
     model.eval()
     states, losses = model.gradient_flow_probe(probe, max_steps=8)  # max_lag + num_targets steps
     ref = per_lag_gradient_norms(states, losses, 5, num_targets=3, backward_passes=1)
@@ -51,7 +54,6 @@ def test_logs_expected_keys_and_values_csv(tmp_path):
     assert float(last["gradient_flow/g0"]) == pytest.approx(float(ref.curve[0]), rel=1e-4)
     expected_h = 6 if ref.horizon is None else ref.horizon
     assert float(last["gradient_flow/horizon"]) == expected_h
-    assert all(mode is False for mode in model.probe_modes)  # dropout off during the probe
     # heatmaps: one per epoch and one at the end, in the logger's directory
     pngs = sorted(os.path.basename(p) for p in glob.glob(f"{logger.log_dir}/gradient_flow/*.png"))
     assert "heatmap.png" in pngs and any(p.startswith("heatmap_epoch=") for p in pngs)
@@ -87,7 +89,7 @@ def test_probe_restores_modes_and_leaves_grads_untouched():
     res = mon.probe(model, next(iter(token_loader())))
     assert res is not None and res.max_lag == 3
     assert model.training and model.lstm.training and not model.head.training
-    assert model.probe_modes == [False]
+    assert model.probe_modes == [(True, 0.0)] and model.lstm.dropout == 0.3
     assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in model.parameters())
 
 

@@ -104,7 +104,7 @@ def test_user_named_modules_and_no_recurrent_layer():
             super().__init__()
             self.lin = nn.Linear(2, 2)
 
-    with pytest.raises(ValueError, match="recurrent layers"):
+    with pytest.raises(ValueError, match="found no recurrent layer"):
         SpectralNormMonitor().setup(None, Plain(), "fit")  # type: ignore[arg-type]
     mon = SpectralNormMonitor(modules=["lstm"])
     mon.setup(None, TinyLSTMLM(), "fit")  # type: ignore[arg-type]

@@ -135,5 +135,5 @@ def test_bucketing_shards_over_ranks():
     assert len({len(s) for s in shards}) == 1
     assert len(shards[0]) == len(BucketBatchSampler(lengths, 4, num_replicas=3, rank=0))
     seen = [tuple(b) for s in shards for b in s]
-    assert set(seen) == {tuple(b) for b in full}  # every global batch is served, padded by repeats only
-    assert len(seen) - len(full) < 3
+    assert len(set(seen)) == len(seen)  # disjoint across ranks: no batch is served twice
+    assert set(seen) == {tuple(b) for b in full[: len(full) // 3 * 3]}  # the leftover global batches wait

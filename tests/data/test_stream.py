@@ -9,6 +9,13 @@ import torch
 
 from lightning_rnn.data import CharVocab, TextStreamDataModule, WordVocab, stdlib_corpus_files
 
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """The default corpus cache of these tests is theirs (nothing written to the user's cache)."""
+    monkeypatch.setenv("LIGHTNING_RNN_CACHE", str(tmp_path / "corpus-cache"))
+
+
 TEXT = "".join(chr(97 + (i * 7 + i // 11) % 26) for i in range(5000))
 
 

@@ -163,7 +163,7 @@ def test_bit_stream_datamodule_batches() -> None:
     n, length = batch["inputs"].shape
     assert n == 5 and batch["labels"].shape == (5, length)
     padded = ~batch["mask"]
-    assert bool((batch["labels"][padded] == -100).all())  # RNNTagger's default ignore_index
+    assert bool((batch["labels"][padded] == -100).all())  # RNNTagger's default pad_id
     val = [x for x, _ in dm.split("val")]
     train = [x for x, _ in dm.split("train")]
     assert not any(torch.equal(v, t) for v in val for t in train if len(v) == len(t))  # other seeds

@@ -144,3 +144,19 @@ def test_stdlib_source_dir_holds_the_os_module():
     assert (stdlib_source_dir() / "os.py").is_file()
     files = stdlib_corpus_files(None)
     assert files == sorted(files) and len(files) > 50
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "cc", "<unk>", "é", "zz"]), max_size=40), st.integers(1, 3),
+       st.one_of(st.none(), st.integers(1, 4)))
+def test_vocab_from_counts_equals_build(words, min_freq, max_size):
+    text = " ".join(words)
+    assert WordVocab.from_counts(Counter(words), min_freq=min_freq, max_size=max_size) == WordVocab.build(
+        text, min_freq=min_freq, max_size=max_size
+    )
+    chars = CharVocab.build(text, min_freq=min_freq, max_size=max_size)
+    assert CharVocab.from_counts(Counter(text), min_freq=min_freq, max_size=max_size) == chars
+    cps = torch.tensor([ord(c) for c in text], dtype=torch.long)
+    assert CharVocab.from_codepoint_counts(torch.bincount(cps), min_freq=min_freq, max_size=max_size) == chars
+    with pytest.raises(ValueError, match="single characters"):
+        CharVocab.from_counts({"ab": 1})

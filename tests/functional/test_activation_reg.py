@@ -84,7 +84,7 @@ def test_language_model_chunk_uses_dropped_outputs_for_ar_and_undropped_for_tar(
     """One training chunk with every dropout on: the loss is unchanged by AR/TAR (same masks as without them),
     AR is computed on the output after output dropout, TAR before it."""
     kw = dict(num_layers=2, input_dropout=0.2, layer_dropout=0.2, output_dropout=0.4, recurrent_dropout=0.3,
-              embedding_dropout=0.1, ignore_index=-1)
+              embedding_dropout=0.1, pad_id=-1)
     lm = RNNLanguageModel(20, 6, 6, ar_alpha=2.0, tar_beta=1.0, **kw).train()
     plain = RNNLanguageModel(20, 6, 6, **kw).train()
     plain.load_state_dict(lm.state_dict())
@@ -122,7 +122,7 @@ def test_training_with_tbptt_chunks_carried_state_and_padding_matches_hand_loop(
     logged train/ar, train/tar, train/loss are the last chunk's (train/loss without the penalty)."""
     torch.manual_seed(0)
     lm = RNNLanguageModel(12, 5, 5, num_layers=2, tbptt_steps=4, optimizer="sgd", lr=0.5, ar_alpha=2.0,
-                          tar_beta=1.0, ignore_index=-1)
+                          tar_beta=1.0, pad_id=-1)
     ref = copy.deepcopy(lm)
     g = torch.Generator().manual_seed(3)
     batches = []

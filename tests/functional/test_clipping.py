@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from lightning_rnn.functional import (
+    ClipRule,
     QuantileClipRule,
+    UnitwiseClipRule,
     ZScoreClipRule,
     adaptive_clip_grad_,
     clip_grads_,
+    clip_with_rule_,
     grad_norm,
     unitwise_norm,
 )
@@ -216,3 +219,136 @@ def test_agc_skips_params_without_grad_and_unitwise_norm_shapes():
     assert int(adaptive_clip_grad_([p])) == 0
     assert unitwise_norm(torch.randn(4, 3, 2)).shape == (4, 1, 1)
     assert unitwise_norm(torch.randn(5)).shape == ()
+
+
+# ----------------------------------------------------------------------------- the ClipRule interface
+def _grad_sequence(n_steps: int, seed: int = 0) -> list[list[torch.Tensor]]:
+    """Gradients of a few parameters over ``n_steps`` steps, with the NORMS series' spikes."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(6, 4), (6,), (3, 6)]
+    return [[torch.randn(s, generator=gen) * NORMS[i % len(NORMS)] for s in shapes] for i in range(n_steps)]
+
+
+def _params(weights: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.nn.Parameter]:
+    params = []
+    for w, g in zip(weights, grads):
+        p = torch.nn.Parameter(w.clone())
+        p.grad = g.clone()
+        params.append(p)
+    return params
+
+
+@pytest.mark.parametrize("ceiling", [None, 2.0])
+@pytest.mark.parametrize("mode", ["quantile", "zscore", "agc"])
+def test_clip_with_rule_matches_the_formulas_step_by_step(mode, ceiling):
+    """Every built-in rule through the one interface gives the thresholds and gradients of its formula: AutoClip's
+    percentile, ZClip's EMA (the references above), AGC's per-unit loop, then the global ceiling."""
+    steps = _grad_sequence(len(NORMS))
+    weights = [torch.randn(g.shape, generator=torch.Generator().manual_seed(7)) for g in steps[0]]
+    norms = [float(grad_norm(g)) for g in steps]
+    max_norm = None if ceiling is None else ceiling * float(np.median(norms))  # cuts the spikes only
+    rule = {
+        "quantile": QuantileClipRule(quantile=0.3, window=5),
+        "zscore": ZScoreClipRule(alpha=0.8, z_threshold=2.0, warmup_steps=3),
+        "agc": UnitwiseClipRule(clip_factor=2.0, eps=1e-3),  # ~ the calm steps' ||G_i|| / ||W_i||
+    }[mode]
+    if mode == "quantile":
+        formula = _expected_autoclip(norms, 0.3, 5)
+    elif mode == "zscore":
+        formula = _expected_zclip(norms, 0.8, 2.0, 3)
+    else:
+        formula = [math.inf] * len(norms)
+    n_clipped = 0
+    for grads, norm, rule_threshold in zip(steps, norms, formula):
+        params = _params(weights, grads)
+        threshold, clipped = clip_with_rule_(rule, params, norm, max_norm=max_norm)
+        expected_threshold = rule_threshold if max_norm is None else min(rule_threshold, max_norm)
+        assert threshold == pytest.approx(expected_threshold, rel=1e-12)
+        # The gradients, from the formulas: AGC's unit loop first, then the global norm scaled to the threshold.
+        expected = [_agc_reference(w, g, 2.0, 1e-3) for w, g in zip(weights, grads)] if mode == "agc" else grads
+        total = float(torch.cat([e.reshape(-1) for e in expected]).norm())
+        if total > expected_threshold:
+            expected = [e * (expected_threshold / total) for e in expected]
+        changed = any(not torch.allclose(e, g, rtol=1e-6, atol=0) for e, g in zip(expected, grads))
+        assert clipped == changed
+        n_clipped += int(clipped)
+        for p, e in zip(params, expected):
+            torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-7)
+    assert 0 < n_clipped < len(NORMS)
+
+
+def test_clip_with_rule_passes_rule_parameters_to_the_per_parameter_clip():
+    weights = [torch.ones(4, 3), torch.ones(2, 3)]
+    grads = [torch.full((4, 3), 5.0), torch.full((2, 3), 5.0)]
+    params = _params(weights, grads)
+    norm = float(grad_norm([p.grad for p in params]))
+    clip_with_rule_(UnitwiseClipRule(0.01), params, norm, rule_parameters=params[:1])
+    torch.testing.assert_close(params[0].grad, _agc_reference(weights[0], grads[0], 0.01, 1e-3))
+    torch.testing.assert_close(params[1].grad, grads[1])  # left out of the unit-wise clip
+
+
+def test_a_user_rule_is_one_subclass():
+    class MeanRule(ClipRule):
+        def __init__(self, factor: float) -> None:
+            self.factor, self.total, self.count = factor, 0.0, 0
+
+        def step(self, norm: float) -> float:
+            self.total, self.count = self.total + norm, self.count + 1
+            return self.factor * self.total / self.count
+
+        def state_dict(self):
+            return {"total": self.total, "count": self.count}
+
+        def load_state_dict(self, state):
+            self.total, self.count = state.get("total", 0.0), state.get("count", 0)
+
+    steps = _grad_sequence(len(NORMS))
+    norms = [float(grad_norm(g)) for g in steps]
+    rule = MeanRule(1.5)
+    for i, (grads, norm) in enumerate(zip(steps, norms)):
+        params = _params([torch.zeros_like(g) for g in grads], grads)
+        threshold, clipped = clip_with_rule_(rule, params, norm)
+        assert threshold == pytest.approx(1.5 * sum(norms[: i + 1]) / (i + 1), rel=1e-12)
+        assert clipped == (norm > threshold)
+        assert float(grad_norm([p.grad for p in params])) == pytest.approx(min(norm, threshold), rel=1e-5)
+    other = MeanRule(1.5)
+    other.load_state_dict(rule.state_dict())
+    assert other.step(2.0) == rule.step(2.0)
+
+
+def test_clip_rule_defaults_and_abstract_step():
+    with pytest.raises(TypeError, match="abstract"):
+        ClipRule()  # type: ignore[abstract]
+
+    class Constant(ClipRule):
+        def step(self, norm: float) -> float:
+            return 1.0
+
+    rule = Constant()
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    assert rule.clip_([p]) is False
+    torch.testing.assert_close(p.grad, torch.full((3,), 2.0))
+    assert rule.state_dict() == {}
+    rule.load_state_dict({"anything": 1})
+    assert repr(rule) == "Constant()"
+    assert repr(QuantileClipRule(0.2, 7)) == "QuantileClipRule(quantile=0.2, window=7)"
+    assert repr(QuantileClipRule(0.2, 7)) != repr(QuantileClipRule(0.3, 7))
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0])
+def test_clip_with_rule_refuses_a_bad_threshold(bad):
+    class Bad(ClipRule):
+        def step(self, norm: float) -> float:
+            return bad
+
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match=r"Expected Bad\(\)\.step to return a threshold >= 0"):
+        clip_with_rule_(Bad(), [p], 1.0)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"clip_factor": 0.0}, "clip_factor"), ({"eps": -1.0}, "eps")])
+def test_unitwise_rule_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UnitwiseClipRule(**kwargs)

@@ -42,7 +42,7 @@ def test_linear_rnn_matches_closed_form():
     expected = torch.stack([torch.linalg.matrix_power(w.T, k) @ g for k in range(length)]).norm(dim=1)
     torch.testing.assert_close(res.curve.double(), expected, rtol=1e-5, atol=0)
     torch.testing.assert_close(res.normalized.double(), expected / expected[0], rtol=1e-5, atol=0)
-    assert res.target_positions == tuple(range(length))  # every position offered; only the last is valid
+    assert res.target_positions == (length - 1,)  # only positions that have a target are used
     assert res.counts.tolist() == [3] * length
 
 
@@ -210,10 +210,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match="step states"):
         per_lag_gradient_norms(states[:-1], losses, max_lag=2)
     with pytest.raises(ValueError, match=r"\(N, L\)"):
-        per_lag_gradient_norms(states, losses[0], max_lag=2)
+        per_lag_gradient_norms(states, losses[None], max_lag=2)
     with pytest.raises(ValueError, match="autograd"):
         per_lag_gradient_norms([s.detach() for s in states], losses, max_lag=2)
     with pytest.raises(ValueError, match="backward_passes"):
         per_lag_gradient_norms(states, losses, max_lag=2, backward_passes=0)
     with pytest.raises(TypeError, match="Tensor"):
-        per_lag_gradient_norms([None] * 5, losses, max_lag=2)
+        per_lag_gradient_norms(["h"] * 5, losses, max_lag=2)

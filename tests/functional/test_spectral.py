@@ -146,3 +146,113 @@ def test_gate_blocks_bad_input():
         gate_blocks(torch.zeros(8, 2), "transformer")
     with pytest.raises(ValueError, match="divisible by 4"):
         gate_blocks(torch.zeros(6, 2), "lstm")
+
+
+def _svd_reference(weight: torch.Tensor, gates: int) -> list[float]:
+    """σ_max of each gate block by a full SVD of the row slice (an independent slicing)."""
+    h = weight.shape[0] // gates
+    return [float(torch.linalg.svdvals(weight.detach()[g * h : (g + 1) * h])[0]) for g in range(gates)]
+
+
+@pytest.mark.parametrize("module,kind,gates", [
+    (nn.RNN(3, 5, num_layers=2, bidirectional=True, nonlinearity="relu"), "rnn_relu", 1),
+    (nn.RNN(3, 5, num_layers=3), "rnn_tanh", 1),
+    (nn.LSTM(3, 5, num_layers=2, bidirectional=True), "lstm", 4),
+    (nn.LSTM(3, 6, num_layers=2, proj_size=4), "lstm", 4),
+    (nn.GRU(3, 5, num_layers=2, bidirectional=True, batch_first=True), "gru", 3),
+    (RNNStack("lstm", 3, 5, num_layers=2, bidirectional=True), "lstm", 4),
+    (RNNStack("gru", 3, 5, num_layers=3), "gru", 3),
+    (RNNStack("rnn", 3, 5, num_layers=2, bidirectional=True), "rnn_tanh", 1),
+])
+def test_every_layer_and_direction_against_svdvals(module, kind, gates):
+    torch.manual_seed(0)
+    layers = module.num_layers
+    directions = 2 if module.bidirectional else 1
+    names = [f"l{k}{'_reverse' if d else ''}" for k in range(layers) for d in range(directions)]
+    found = find_recurrent_weights(module)
+    assert [w.name for w in found] == names and {w.cell for w in found} == {kind}
+    for exact in (True, False):
+        norms = recurrent_spectral_norms(found, exact=exact, warmup_iters=500)
+        assert len(norms) == len(names) * gates
+        for i, name in enumerate(names):
+            weight = getattr(module, f"weight_hh_{name}")
+            expected = _svd_reference(weight, gates)
+            got = [n.sigma for n in norms[i * gates : (i + 1) * gates]]
+            assert [n.layer for n in norms[i * gates : (i + 1) * gates]] == [name] * gates
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-4 if exact else 1e-3, atol=0)
+            assert [n.block for n in norms[i * gates : (i + 1) * gates]] == [b for b, _ in GATE_BLOCKS[kind]]
+
+
+class _UserCell(nn.Module):
+    """A user's own recurrent cell: h_t = tanh(W h_{t-1} + U x_t), found through recurrent_weights()."""
+
+    def __init__(self, hidden: int = 6, gates: object = None) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(hidden, hidden))
+        self.U = nn.Linear(3, hidden)
+        if gates is not None:
+            self.recurrent_gates = gates
+
+    def recurrent_weights(self) -> dict[str, torch.Tensor]:
+        return {"W": self.W}
+
+
+class _UserGatedCell(nn.Module):
+    """Two stacked gate blocks, a sigmoid gate and a tanh candidate, named through recurrent_gates."""
+
+    recurrent_gates = (("gate", 0.25), ("cand", 1.0))
+
+    def __init__(self, hidden: int = 5) -> None:
+        super().__init__()
+        self.w_hh = nn.Parameter(torch.randn(2 * hidden, hidden))
+        self.w_hh2 = nn.Parameter(torch.randn(2 * hidden, hidden))
+
+    def recurrent_weights(self) -> dict[str, torch.Tensor]:
+        return {"first": self.w_hh, "weight_hh_l1": self.w_hh2}
+
+
+def test_user_cell_through_the_protocol_against_svdvals():
+    torch.manual_seed(0)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 3)
+            self.cell = _UserCell()
+            self.gated = _UserGatedCell()
+
+    model = Model()
+    found = find_recurrent_weights(model)
+    assert [(w.name, w.cell) for w in found] == [("cell.W", "rnn_tanh"), ("gated.first", "custom"),
+                                                ("gated.l1", "custom")]
+    norms = recurrent_spectral_norms(model, exact=True)
+    assert [(n.key, n.gamma) for n in norms] == [
+        ("cell.W/h", 1.0), ("gated.first/gate", 0.25), ("gated.first/cand", 1.0),
+        ("gated.l1/gate", 0.25), ("gated.l1/cand", 1.0),
+    ]
+    expected = (_svd_reference(model.cell.W, 1) + _svd_reference(model.gated.w_hh, 2)
+                + _svd_reference(model.gated.w_hh2, 2))
+    torch.testing.assert_close(torch.tensor([n.sigma for n in norms]), torch.tensor(expected), rtol=1e-5, atol=0)
+    # a cell that names a torch gate layout
+    lstm_like = _UserCell(hidden=3, gates="lstm")
+    lstm_like.W = nn.Parameter(torch.randn(12, 3))
+    norms = recurrent_spectral_norms(lstm_like, exact=True)
+    assert [n.key for n in norms] == ["W/i", "W/f", "W/g", "W/o"]
+    torch.testing.assert_close(torch.tensor([n.sigma for n in norms]), torch.tensor(_svd_reference(lstm_like.W, 4)))
+
+
+def test_user_cell_protocol_bad_input():
+    with pytest.raises(ValueError, match=r"recurrent_gates in"):
+        find_recurrent_weights(_UserCell(gates="transformer"))
+    with pytest.raises(ValueError, match=r"recurrent_gates in"):
+        find_recurrent_weights(_UserCell(gates=()))
+    bad = _UserCell(hidden=5, gates="gru")  # 5 rows are not 3 gate blocks
+    with pytest.raises(ValueError, match=r"recurrent_weights\(\)\['W'\] to be a 2-D Tensor .* G = 3"):
+        find_recurrent_weights(bad)
+
+    class Empty(nn.Module):
+        def recurrent_weights(self):
+            return {}
+
+    with pytest.raises(ValueError, match="non-empty dict"):
+        find_recurrent_weights(Empty())

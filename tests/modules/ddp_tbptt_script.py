@@ -1,13 +1,15 @@
 """Trains a TBPTT model under Trainer(strategy="ddp", accelerator="cpu") or in one process; saves the result.
 
-Usage: python ddp_tbptt_script.py {regressor|lm} DEVICES OUT_DIR [SOURCE_FILE]
-Each rank writes OUT_DIR/rank<r>.pt with its final parameters and the rows of every batch it saw.
+Usage: python ddp_tbptt_script.py {regressor|lm|lm_adaptive|classifier|tagger} DEVICES OUT_DIR [SOURCE_FILE]
+Each rank writes OUT_DIR/rank<r>.pt with its final parameters, the rows of every batch it saw and its
+global_step. Collectives time out after 60 s, so a desync between ranks fails the run instead of hanging it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 
 import lightning.pytorch as pl
 import torch
@@ -24,14 +26,39 @@ class Recorder(pl.Callback):
         self.batches.append(first.detach().clone())
 
 
+def _labelled(kind: str, devices: int, rank: int):
+    """Two global batches of 6 variable-length rows; rank r of `devices` owns a contiguous block of each and
+    pads it to its own longest row (the single process pads to the global longest)."""
+    from lightning_rnn.data import pad_collate
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [[2, 9, 4, 3, 7, 5], [8, 3, 6, 2, 4, 10]]
+    per = 6 // devices
+    batches = []
+    for ls in lengths:
+        items = []
+        for n in ls:
+            seq = torch.randint(1, 7, (n,), generator=g)
+            label = torch.randint(0, 3, (n,), generator=g) if kind == "tagger" else torch.randint(0, 3, (), generator=g)
+            items.append((seq, label))
+        batches.append(pad_collate(items[rank * per : (rank + 1) * per]))
+    return torch.utils.data.DataLoader(batches, batch_size=None)
+
+
 def main() -> None:
     kind, devices, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     pl.seed_everything(0, workers=True)
     recorder = Recorder()
+    if devices > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy: object = DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=60))
+    else:
+        strategy = "auto"
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=strategy,
         max_epochs=1,
         limit_train_batches=6,
         limit_val_batches=0,
@@ -52,17 +79,32 @@ def main() -> None:
         per = 4 // devices
         rows = [i for b in range(2) for i in range(4 * b + rank * per, 4 * b + (rank + 1) * per)]
         data = {"train_dataloaders": torch.utils.data.DataLoader(TensorPairs(x[rows], y[rows]), batch_size=per)}
+    elif kind in ("classifier", "tagger"):
+        from lightning_rnn import RNNClassifier, RNNTagger
+
+        cls = RNNClassifier if kind == "classifier" else RNNTagger
+        model = cls(3, vocab_size=7, embedding_dim=4, hidden_size=6, tbptt_steps=3, optimizer="sgd", lr=0.5)
+        data = {"train_dataloaders": _labelled(kind, devices, rank)}
     else:
         from lightning_rnn import RNNLanguageModel
         from lightning_rnn.data import TextStreamDataModule
 
         dm = TextStreamDataModule(sys.argv[4], batch_size=4 // devices, bptt=12, val_fraction=0.1, test_fraction=0.0)
-        model = RNNLanguageModel(40, 16, 24, tbptt_steps=6, optimizer="sgd", lr=0.5)
+        if kind == "lm_adaptive":  # tail clusters go unused in some chunks: plain "ddp" must still work
+            model = RNNLanguageModel(
+                40, 16, 24, tbptt_steps=6, optimizer="sgd", lr=0.5, output="adaptive", adaptive_cutoffs=[4, 10]
+            )
+        else:
+            model = RNNLanguageModel(40, 16, 24, tbptt_steps=6, optimizer="sgd", lr=0.5)
         data = {"datamodule": dm}
     trainer.fit(model, **data)
     os.makedirs(out, exist_ok=True)
     torch.save(
-        {"params": {k: v.detach().clone() for k, v in model.state_dict().items()}, "batches": recorder.batches},
+        {
+            "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "batches": recorder.batches,
+            "global_step": trainer.global_step,
+        },
         os.path.join(out, f"rank{trainer.global_rank}.pt"),
     )
 

@@ -33,14 +33,14 @@ def test_padding_invariance(summary, bidirectional):
     clf = RNNClassifier(3, input_size=3, hidden_size=6, num_layers=2, summary=summary, bidirectional=bidirectional).eval()
     b = _batch()
     with torch.no_grad():
-        base = clf(b["inputs"], b["lengths"])
+        base, _ = clf(b["inputs"], lengths=b["lengths"])
         # pad further with garbage (not zeros) and change the other rows
         more = torch.cat([b["inputs"], 100 * torch.randn(4, 5, 3)], dim=1)
         more[1:] = torch.randn_like(more[1:])
         lengths = b["lengths"].clone()
         lengths[1:] = torch.tensor([14, 2, 3])
-        moved = clf(more, lengths)
-        alone = clf(b["inputs"][:1, :9])
+        moved, _ = clf(more, lengths=lengths)
+        alone, _ = clf(b["inputs"][:1, :9])
     torch.testing.assert_close(moved[0], base[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(alone[0], base[0], atol=1e-6, rtol=1e-5)
 
@@ -84,7 +84,7 @@ def test_token_inputs_and_tuple_batches():
     y = torch.randint(0, 4, (6,))
     (metrics,) = trainer().validate(clf, DataLoader([(x, y)], batch_size=None), verbose=False)
     with torch.no_grad():
-        logits = clf(x)
+        logits, _ = clf(x)
     assert metrics["val/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
     assert metrics["val/acc"] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
 
@@ -133,7 +133,7 @@ def test_tbptt_pooling_equals_whole_sequence_pooling():
         model = RNNClassifier(3, input_size=3, hidden_size=6, summary=summary, tbptt_steps=2).eval()
         b = _batch()
         with torch.no_grad():
-            whole = model(b["inputs"], b["lengths"])
+            whole, _ = model(b["inputs"], lengths=b["lengths"])
             state, logits = None, torch.zeros(4, 3)
             for start in range(0, 9, 2):
                 chunk = model.slice_batch(b, start, min(start + 2, 9))
@@ -162,3 +162,34 @@ def test_errors():
         RNNClassifier(3)
     with pytest.raises(ValueError, match=r"\(N, L, 3\)"):
         clf.validation_step(dict(b, inputs=torch.randn(4, 9, 5)), 0)
+
+
+@pytest.mark.parametrize("summary", SUMMARIES)
+def test_predict_probabilities_without_labels_equal_the_whole_sequence_forward(summary):
+    torch.manual_seed(6)
+    model = RNNClassifier(3, input_size=3, hidden_size=6, summary=summary, tbptt_steps=2)
+    b = _batch()
+    unlabelled = {"inputs": b["inputs"], "lengths": b["lengths"]}
+    (probs,) = trainer().predict(model, DataLoader([unlabelled], batch_size=None))
+    (again,) = trainer().predict(model, DataLoader([b], batch_size=None))  # labels are ignored
+    with torch.no_grad():
+        logits, _ = model.eval()(b["inputs"], lengths=b["lengths"])
+    assert probs.shape == (4, 3) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs, torch.softmax(logits, -1))
+    torch.testing.assert_close(again, probs)
+    # a plain tensor batch (TensorDataset-style 1-tuple) has no lengths: every row is whole
+    (whole,) = trainer().predict(model, DataLoader([(b["inputs"],)], batch_size=None))
+    with torch.no_grad():
+        full, _ = model(b["inputs"])
+    torch.testing.assert_close(whole, torch.softmax(full, -1))
+
+
+def test_forward_state_continues_the_sequence():
+    torch.manual_seed(7)
+    model = RNNClassifier(3, input_size=3, hidden_size=6, summary="mean").eval()
+    b = _batch()
+    with torch.no_grad():
+        whole, _ = model(b["inputs"], lengths=b["lengths"])
+        first, state = model(b["inputs"][:, :4], lengths=b["lengths"].clamp(max=4))
+        second, _ = model(b["inputs"][:, 4:], state, lengths=(b["lengths"] - 4).clamp(min=0))
+    torch.testing.assert_close(second, whole)

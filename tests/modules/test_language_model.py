@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_rnn import RNNLanguageModel
 
@@ -68,7 +69,7 @@ def _stdlib_file() -> str:
 
 
 def test_learns_real_text_below_unigram_entropy(tmp_path):
-    data = pytest.importorskip("lightning_rnn.data")
+    from lightning_rnn import data
     text = open(_stdlib_file(), encoding="utf-8").read()[:30_000]
     source = tmp_path / "argparse_head.py"
     source.write_text(text, encoding="utf-8")
@@ -95,3 +96,37 @@ def test_gradient_flow_probe_losses_depend_on_the_returned_states():
         assert g.abs().sum() > 0  # G(0) != 0: the loss at t reads the state at t
     (g,) = torch.autograd.grad(losses[:, 5].sum(), states[2][0], retain_graph=True)
     assert g.abs().sum() > 0
+
+
+def test_predict_gives_the_log_likelihood_test_loss_averages():
+    # carried state across batches and chunks of 3: the mean of the predicted log-likelihoods is -test/loss
+    torch.manual_seed(0)
+    lm = RNNLanguageModel(20, 8, 12, tbptt_steps=3, pad_id=0)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 20, (2, 7), generator=g), torch.randint(0, 20, (2, 7), generator=g)) for _ in range(3)]
+    loader = DataLoader(batches, batch_size=None)
+    (metrics,) = trainer().test(lm, loader, verbose=False)
+    predictions = trainer().predict(lm, loader)
+    assert len(predictions) == 3 and all(p.shape == (2, 7) and p.dtype == torch.float32 for p in predictions)
+    logp = torch.cat(predictions, 1)
+    targets = torch.cat([t for _, t in batches], 1)
+    assert bool(logp.isnan().eq(targets == 0).all())  # pad_id targets are NaN
+    assert -logp.nanmean().item() == pytest.approx(metrics["test/loss"], rel=1e-5)
+    # the same, computed another way: one forward over the concatenated stream
+    with torch.no_grad():
+        logits, _ = lm.eval()(torch.cat([x for x, _ in batches], 1))
+    ref = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logp, ref.masked_fill(targets == 0, float("nan")), equal_nan=True)
+
+
+def test_forward_takes_lengths_and_pad_id_is_checked():
+    lm = RNNLanguageModel(30, 8, 16).eval()
+    x = torch.randint(0, 30, (2, 6))
+    with torch.no_grad():
+        _, state = lm(x, lengths=torch.tensor([6, 3]))
+        _, alone = lm(x[1:, :3])
+    torch.testing.assert_close(state[0][:, 1:], alone[0])
+    with pytest.raises(ValueError, match="Expected pad_id to be an int"):
+        RNNLanguageModel(30, pad_id=None)
+    with pytest.raises(ValueError, match="Expected weight_decay >= 0"):
+        RNNLanguageModel(30, weight_decay=-1.0)

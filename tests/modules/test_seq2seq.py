@@ -125,3 +125,31 @@ def test_attention_maps_go_to_wandb_log_image(tmp_path, monkeypatch):
         wandb.finish()
     assert len(calls) == 1 and calls[0][0] == "val/attention"
     assert len(calls[0][1]) == 2 and all(os.path.isfile(p) and p.endswith(".png") for p in calls[0][1])
+
+
+def test_optimizer_option_and_predict_returns_decoded_ids(tmp_path):
+    model = Seq2SeqAttention(12, 12, 8, 8, 1, "gru", optimizer="sgd", lr=0.5, weight_decay=0.01)
+    opt = model.configure_optimizers()
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.5 and opt.defaults["weight_decay"] == 0.01
+    with pytest.raises(ValueError, match="Expected optimizer in"):
+        Seq2SeqAttention(12, 12, optimizer="lbfgs")
+    b = seq2seq_collate([([5, 6, 7], [7, 6, 5]), ([8], [8])])
+    (got,) = _trainer(tmp_path).predict(model, DataLoader([b], batch_size=None))
+    out = model.eval().generate(b["src"], b["src_lengths"])
+    assert got == strip_hypotheses(out.tokens, out.lengths, 2)
+
+
+def test_plot_attention_leaves_the_matplotlib_backend_alone(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib, torch\n"
+        "from lightning_rnn.modules.seq2seq import plot_attention\n"
+        f"fig = plot_attention(torch.rand(3, 4), list('abcd'), list('xyz'), path={str(tmp_path / 'a.png')!r})\n"
+        "print(matplotlib.get_backend(), type(fig).__name__)\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["svg", "Figure"]
+    assert (tmp_path / "a.png").stat().st_size > 0

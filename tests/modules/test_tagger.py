@@ -47,7 +47,7 @@ def test_loss_ignores_pads_exactly(bidirectional):
         # reference: every row alone, unpadded, token CE summed over labelled steps / their count
         total, count = 0.0, 0
         for i, n in enumerate(LENGTHS):
-            logits = model(b["inputs"][i : i + 1, :n])[0]
+            logits = model(b["inputs"][i : i + 1, :n])[0][0]
             y = b["labels"][i, :n]
             total += F.cross_entropy(logits, y, ignore_index=-100, reduction="sum").item()
             count += int((y != -100).sum())
@@ -61,11 +61,14 @@ def test_metrics_are_per_token_over_labelled_steps():
     b = _batch()
     (metrics,) = trainer().validate(model, DataLoader([b], batch_size=None), verbose=False)
     with torch.no_grad():
-        logits = model(b["inputs"], b["lengths"])
+        logits, _ = model(b["inputs"], lengths=b["lengths"])
     keep = b["labels"] != -100
     acc = (logits.argmax(-1)[keep] == b["labels"][keep]).float().mean().item()
     assert metrics["val/acc"] == pytest.approx(acc)
-    assert 0 <= metrics["val/f1"] <= 1
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    f1 = multiclass_f1_score(logits.argmax(-1)[keep], b["labels"][keep], model.num_classes, average="macro")
+    assert metrics["val/f1"] == pytest.approx(f1.item())
 
 
 def _hand_tbptt(model, batch, k, lr):
@@ -108,9 +111,9 @@ def test_features_and_tuple_batch_train():
     model = RNNTagger(3, input_size=2, hidden_size=8, cell="gru", bidirectional=True, lr=0.1)
     x = torch.randn(8, 12, 2)
     y = (x[..., 0] > 0).long()  # a per-step rule
-    before = F.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1)).item()
+    before = F.cross_entropy(model(x)[0].reshape(-1, 3), y.reshape(-1)).item()
     trainer(max_epochs=5).fit(model, DataLoader([(x, y)], batch_size=None))
-    after = F.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1)).item()
+    after = F.cross_entropy(model(x)[0].reshape(-1, 3), y.reshape(-1)).item()
     assert after < 0.9 * before
 
 
@@ -132,3 +135,32 @@ def test_errors():
         model.validation_step(dict(b, lengths=torch.tensor([10, 0, 3, 2])), 0)
     with pytest.raises(TypeError, match="Expected a batch"):
         model.validation_step([b["inputs"]], 0)
+
+
+def test_predict_tags_probabilities_and_padding():
+    model = _model(tbptt_steps=4)
+    b = _batch()
+    (pred,) = trainer().predict(model, DataLoader([b], batch_size=None))
+    with torch.no_grad():
+        logits, _ = model.eval()(b["inputs"], lengths=b["lengths"])
+    mask = torch.arange(10)[None, :] < b["lengths"][:, None]
+    assert set(pred) == {"tags", "probs", "mask"} and torch.equal(pred["mask"], mask)
+    assert torch.equal(pred["tags"], logits.argmax(-1).masked_fill(~mask, -100))
+    torch.testing.assert_close(pred["probs"][mask], torch.softmax(logits, -1)[mask])
+    assert bool((pred["probs"][~mask] == 0).all())
+
+
+def test_predict_carries_state_across_batches_with_carry_state():
+    model = _model(carry_state=True, tbptt_steps=3, vocab_size=None, input_size=2)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 12, 2, generator=g)
+    batches = [(x[:, :6], torch.zeros(2, 6, dtype=torch.long)), (x[:, 6:], torch.zeros(2, 6, dtype=torch.long))]
+    preds = trainer().predict(model, DataLoader(batches, batch_size=None))
+    with torch.no_grad():
+        logits, _ = model.eval()(x)
+    torch.testing.assert_close(torch.cat([p["probs"] for p in preds], 1), torch.softmax(logits, -1))
+
+
+def test_pad_id_must_not_be_a_class():
+    with pytest.raises(ValueError, match=r"Expected pad_id outside \[0, num_classes=4\)"):
+        _model(pad_id=2)

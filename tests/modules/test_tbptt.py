@@ -251,48 +251,56 @@ class _NormSGD(torch.optim.SGD):
         return super().step()
 
 
-def test_trainer_gradient_clip_val_is_honoured_per_chunk():
-    x, y = make_data(n=2, length=12)
-    model = SeqRegressor(tbptt_steps=4)
-    norms = []
-    model.configure_optimizers = lambda: _NormSGD(model.parameters(), lr=0.01, log=norms)
-    trainer(gradient_clip_val=0.02).fit(model, loader(x * 100, y, 2))
-    assert model.gradient_clip_val == 0.02
-    assert all(n == pytest.approx(0.02, rel=1e-3) for n in norms)
-
-
-def test_double_clipping_and_accumulation_are_refused():
+def test_trainer_gradient_clip_val_is_refused_and_the_trainer_left_alone():
     x, y = make_data(n=2, length=8)
-    with pytest.raises(ValueError, match="gradient clipping to be set once"):
-        trainer(gradient_clip_val=1.0).fit(SeqRegressor(gradient_clip_val=0.5), loader(x, y, 2))
+    for module_clip in (None, 0.5):
+        t = trainer(gradient_clip_val=0.02)
+        with pytest.raises(ValueError, match=r"Trainer\(gradient_clip_val=None\).*pass gradient_clip_val=0.02"):
+            t.fit(SeqRegressor(gradient_clip_val=module_clip), loader(x, y, 2))
+        assert t.gradient_clip_val == 0.02  # never rewritten
+
+
+def test_accumulation_is_refused():
+    x, y = make_data(n=2, length=8)
     with pytest.raises(ValueError, match="accumulate_grad_batches=1"):
         trainer(accumulate_grad_batches=2).fit(SeqRegressor(), loader(x, y, 2))
 
 
-def test_step_and_epoch_schedulers_are_stepped():
+def _step_scheduler_model(mode: str, frequency: int) -> SeqRegressor:
+    model = SeqRegressor(tbptt_steps=4, lr_scheduler_step=mode)
+
+    def configure():
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        step = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": step, "interval": "step", "frequency": frequency}}
+
+    model.configure_optimizers = configure
+    return model
+
+
+@pytest.mark.parametrize(
+    "mode,frequency,expected", [("batch", 1, 4), ("batch", 2, 2), ("optimizer_step", 1, 12), ("optimizer_step", 4, 3)]
+)
+def test_step_schedulers_per_batch_or_per_optimizer_step(mode, frequency, expected):
+    x, y = make_data(n=8, length=12)
+    model = _step_scheduler_model(mode, frequency)
+    t = trainer()
+    t.fit(model, loader(x, y, 2))  # 4 batches x 3 chunks = 12 optimizer steps
+    assert t.global_step == 12
+    assert model.optimizers().param_groups[0]["lr"] == pytest.approx(0.5**expected)
+
+
+def test_epoch_schedulers_are_stepped():
     x, y = make_data(n=4, length=12)
     model = SeqRegressor(tbptt_steps=4)
 
     def configure():
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        step = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": step, "interval": "step", "frequency": 2}}
-
-    model.configure_optimizers = configure
-    t = trainer()
-    t.fit(model, loader(x, y, 2))  # 2 batches x 3 chunks = 6 optimizer steps -> 3 scheduler steps
-    assert t.global_step == 6
-    assert model.optimizers().param_groups[0]["lr"] == pytest.approx(0.5**3)
-
-    model2 = SeqRegressor(tbptt_steps=4)
-
-    def configure2():
-        opt = torch.optim.SGD(model2.parameters(), lr=1.0)
         return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)]
 
-    model2.configure_optimizers = configure2
-    trainer(max_epochs=2).fit(model2, loader(x, y, 2))
-    assert model2.optimizers().param_groups[0]["lr"] == pytest.approx(0.01)
+    model.configure_optimizers = configure
+    trainer(max_epochs=2).fit(model, loader(x, y, 2))
+    assert model.optimizers().param_groups[0]["lr"] == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize(
@@ -305,6 +313,9 @@ def test_step_and_epoch_schedulers_are_stepped():
         ({"variable_bptt": True}, "variable_bptt"),
         ({"gradient_clip_val": -1.0}, "gradient_clip_val"),
         ({"gradient_clip_algorithm": "l3"}, "gradient_clip_algorithm"),
+        ({"lr_scheduler_step": "epoch"}, "lr_scheduler_step"),
+        ({"nonfinite_inputs": "ignore"}, "nonfinite_inputs"),
+        ({"max_consecutive_skips": 0}, "max_consecutive_skips"),
     ],
 )
 def test_bad_options_raise(kwargs, match):

@@ -19,7 +19,7 @@ N, L, F, H = 4, 7, 6, 6
 
 def _masks(m, seed, n, like):
     torch.manual_seed(seed)
-    return m._draw_masks(n, like)
+    return m._draw_masks(n, like.shape[1], like)
 
 
 def _torch_layer(m, layer, w_hh=None):
@@ -73,7 +73,7 @@ def test_masks_are_scaled_bernoulli_and_preserve_expectation():
     m = RNNStack("lstm", F, 64, 2, layer_dropout=0.3, recurrent_dropout=0.3, recurrent_dropout_mode="state")
     like = torch.zeros(1)
     torch.manual_seed(0)
-    draws = [m._draw_masks(256, like) for _ in range(10)]
+    draws = [m._draw_masks(256, 1, like) for _ in range(10)]
     layer = torch.stack([d.layer[1] for d in draws])
     state = torch.stack([d.state[0] for d in draws])
     for t in (layer, state):

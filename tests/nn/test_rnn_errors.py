@@ -66,8 +66,11 @@ def test_bad_state(lstm):
         lstm(x, (h, torch.zeros(1, 3, 20)))
     with pytest.raises(TypeError, match="Expected state to be a tuple \\(h, c\\) of Tensors for cell='lstm'"):
         lstm(x, h)
-    with pytest.raises(ValueError, match="Expected hidden\\[0\\] dtype torch.float32"):
-        lstm(x, (h.double(), h))
+    with pytest.raises(ValueError, match="Expected hidden\\[0\\] to be a floating-point tensor, got torch.int64"):
+        lstm(x, (h.long(), h))
+    with pytest.raises(ValueError, match=r"Expected input dtype torch.float32 \(the parameters'; other dtypes only "
+                       r"under torch.autocast\), got torch.float64"):
+        lstm(x.double())
     gru = RNNStack("gru", 10, 20, 2, bidirectional=True)
     with pytest.raises(ValueError, match=r"Expected hidden size \(4, 3, 20\), got \[2, 3, 20\]"):
         gru(x, h)
@@ -129,3 +132,27 @@ def test_shapes_property(cell, num_layers, bidirectional, batch_first, n, length
     if not bidirectional:
         out_s, steps = m.forward_steps(x, state)
         assert out_s.shape == out.shape and len(steps) == length
+
+
+def test_torch_constructor_keywords():
+    """The keywords torch users bring from nn.LSTM / nn.RNN: honoured, or refused naming RNNStack's option."""
+    m = RNNStack("lstm", 4, 5, 2, dtype=torch.float64, device="cpu", dropout=0.0, proj_size=0)
+    assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in m.parameters())
+    out, (h, c) = m(torch.randn(2, 3, 4, dtype=torch.float64))
+    assert out.dtype == h.dtype == c.dtype == torch.float64
+    assert m.init_state(2)[0].dtype == torch.float64
+    ref = torch.nn.LSTM(4, 5, 2, batch_first=True, dtype=torch.float64)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(m(x)[0], ref(x)[0])
+    assert RNNStack("rnn", 4, 5, nonlinearity="tanh").cell == "rnn"
+    with pytest.raises(ValueError, match="Expected dropout=0 .*layer_dropout"):
+        RNNStack("lstm", 4, 5, 2, dropout=0.3)
+    with pytest.raises(ValueError, match="Expected nonlinearity='tanh' .*got 'relu'"):
+        RNNStack("rnn", 4, 5, nonlinearity="relu")
+    with pytest.raises(ValueError, match="Expected nonlinearity=None for cell='gru'"):
+        RNNStack("gru", 4, 5, nonlinearity="tanh")
+    with pytest.raises(ValueError, match="Expected proj_size=0"):
+        RNNStack("lstm", 4, 5, proj_size=2)
+    with pytest.raises(ValueError, match="Expected dtype to be a floating-point torch.dtype, got torch.int64"):
+        RNNStack("lstm", 4, 5, dtype=torch.int64)

@@ -19,7 +19,7 @@ def make_model(attention="bahdanau", cell="lstm", enc_layers=2, dec_layers=2, hi
     enc = Seq2SeqEncoder(15, 8, hidden // 2 if attention == "luong_dot" else hidden, enc_layers, cell=cell,
                          bidirectional=True, padding_idx=PAD)
     dec = AttentionDecoder(13, 8, hidden, enc.output_size if attention != "luong_dot" else hidden, dec_layers,
-                           cell=cell, attention=attention, tie_embeddings=tie, padding_idx=PAD)
+                           cell=cell, attention=attention, tie_weights=tie, padding_idx=PAD)
     if attention == "luong_dot":
         dec = AttentionDecoder(13, 8, enc.output_size, enc.output_size, dec_layers, cell=cell, attention=attention)
     bridge = Bridge(cell, enc.hidden_size, enc_layers, True, cell, dec.hidden_size, dec_layers)

@@ -1,0 +1,36 @@
+"""The ``optimizer`` / ``lr`` / ``weight_decay`` options every shipped module takes (one definition)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+#: the optimizers a shipped module builds from its ``optimizer`` argument
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def check_optimizer_args(optimizer: str, lr: float, weight_decay: float) -> None:
+    """``ValueError`` naming the argument when ``optimizer``, ``lr`` or ``weight_decay`` is invalid."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Expected optimizer in {OPTIMIZERS}, got {optimizer!r}")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise ValueError(f"Expected lr > 0, got {lr!r}")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float) or not weight_decay >= 0:
+        raise ValueError(f"Expected weight_decay >= 0, got {weight_decay!r}")
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], optimizer: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` / ``AdamW`` / ``SGD`` over ``params`` (override ``configure_optimizers`` for more).
+
+    Example::
+
+        >>> opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), "adamw", 1e-3, 0.01)
+        >>> type(opt).__name__, opt.defaults["weight_decay"]
+        ('AdamW', 0.01)
+    """
+    check_optimizer_args(optimizer, lr, weight_decay)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
+    return cls(params, lr=lr, weight_decay=weight_decay)
