@@ -46,7 +46,6 @@ trainer.test(model, data)  # the averaged weights
 #: the docs' example of AR/TAR in a user's own TBPTTModule, verbatim
 CUSTOM_SNIPPET = '''\
 import torch
-import yaml
 from torch import nn
 
 from lightning_rnn import TBPTTModule, TBPTTStep
