@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_rnn.data.synthetic import _check_int, _GeneratedDataModule
+from lightning_rnn._validation import check_int
+from lightning_rnn.data.synthetic import _GeneratedDataModule
 
 __all__ = ["SPECIALS", "Seq2SeqCollate", "ReversalDataModule", "ReversalDataset", "seq2seq_collate"]
 
@@ -174,9 +175,9 @@ class ReversalDataModule(_GeneratedDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        _check_int("num_symbols", num_symbols, 1)
-        _check_int("train_max_len", train_max_len, 1)
-        _check_int("test_max_len", test_max_len, 1)
+        check_int("num_symbols", num_symbols, min=1)
+        check_int("train_max_len", train_max_len, min=1)
+        check_int("test_max_len", test_max_len, min=1)
         super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed, num_workers)
         self.num_symbols = num_symbols
         self.train_max_len, self.test_max_len = train_max_len, test_max_len

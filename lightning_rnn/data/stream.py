@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_rnn._validation import check_int, check_probability
 from lightning_rnn.data.corpus import (
     TokenCorpus,
     _check_max_bytes,
@@ -41,8 +42,7 @@ def batchify(tokens: Tensor, rows: int) -> Tensor:
     Inputs: tokens ``(M,)``.
     Outputs: a view ``(rows, M // rows)``.
     """
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise ValueError(f"Expected rows to be a positive int, got {rows!r}")
+    check_int("rows", rows, min=1)
     if tokens.dim() != 1:
         raise ValueError(f"Expected a 1-D token stream, got shape {tuple(tokens.shape)}")
     n = tokens.numel() // rows
@@ -86,8 +86,7 @@ class StreamChunks(Dataset):
         super().__init__()
         if streams.dim() != 2:
             raise ValueError(f"Expected streams of shape (B, n), got {tuple(streams.shape)}")
-        if isinstance(bptt, bool) or not isinstance(bptt, int) or bptt < 1:
-            raise ValueError(f"Expected bptt to be a positive int, got {bptt!r}")
+        check_int("bptt", bptt, min=1)
         if streams.is_floating_point() or streams.is_complex() or streams.dtype == torch.bool:
             raise TypeError(f"Expected integer token ids as streams, got dtype {streams.dtype}")
         if doc_starts is not None and doc_starts.dtype == torch.bool and doc_starts.shape != streams.shape:
@@ -296,23 +295,19 @@ class TextStreamDataModule(LightningDataModule):
         for name, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size)):
             if name == "eval_batch_size" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"Expected num_workers to be an int >= 0, got {num_workers!r}")
+            check_int(name, value, min=1)
+        check_int("num_workers", num_workers, min=0)
         if level is not None and level not in _LEVELS:
             raise ValueError(f"Expected level in {sorted(_LEVELS)}, got {level!r}")
         for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac < 1:
-                raise ValueError(f"Expected {name} in [0, 1), got {frac!r}")
+            check_probability(name, frac)
         if val_fraction + test_fraction >= 1:
             raise ValueError(f"Expected val_fraction + test_fraction < 1, got {val_fraction + test_fraction}")
-        if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
-            raise ValueError(f"Expected world_size to be a positive int, got {world_size!r}")
+        check_int("world_size", world_size, min=1, allow_none=True)
         if (rank is None) != (world_size is None):
             raise ValueError(f"Expected rank and world_size given together, got rank={rank!r}, world_size={world_size!r}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size):
-            raise ValueError(f"Expected rank in [0, {world_size}), got {rank!r}")
+        if rank is not None:
+            check_int("rank", rank, min=0, max=world_size - 1)
         if isinstance(vocab, str | Path):
             vocab = Vocab.load(vocab)
         if vocab is not None and not isinstance(vocab, Vocab):

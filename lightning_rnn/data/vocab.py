@@ -12,16 +12,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_rnn._validation import check_int
+
 __all__ = ["CharVocab", "WordVocab", "Vocab"]
 
 UNK = "<unk>"
 
 
 def _check_build_args(min_freq: int, max_size: int | None) -> None:
-    if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
-        raise ValueError(f"Expected min_freq to be an int >= 1, got {min_freq!r}")
-    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
-        raise ValueError(f"Expected max_size to be an int >= 1 or None, got {max_size!r}")
+    check_int("min_freq", min_freq, min=1)
+    check_int("max_size", max_size, min=1, allow_none=True)
 
 
 def _codepoints(text: str) -> Tensor:

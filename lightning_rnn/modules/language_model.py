@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
+from lightning_rnn._validation import check_float, check_int
 from lightning_rnn.functional.activation_reg import (
     activation_regularization,
     temporal_activation_regularization,
@@ -155,11 +156,9 @@ class RNNLanguageModel(TBPTTModule):
             nonfinite_inputs=nonfinite_inputs,
         )
         for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+            check_int(name, value, min=1)
         check_optimizer_args(optimizer, lr, weight_decay)
-        if isinstance(pad_id, bool) or not isinstance(pad_id, int):
-            raise ValueError(f"Expected pad_id to be an int, got {pad_id!r}")
+        check_int("pad_id", pad_id)
         if output not in _OUTPUTS:
             raise ValueError(f"Expected output in {_OUTPUTS}, got {output!r}")
         if output != "full" and type(self).project is not RNNLanguageModel.project:
@@ -169,14 +168,13 @@ class RNNLanguageModel(TBPTTModule):
             )
         if output == "adaptive" and tie_weights:
             raise ValueError("Expected tie_weights=False with output='adaptive' (its head has V' < V rows), got True")
-        if output == "sampled" and (isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or num_sampled < 1):
-            raise ValueError(f"Expected num_sampled to be a positive int, got {num_sampled!r}")
+        if output == "sampled":
+            check_int("num_sampled", num_sampled, min=1)
         if sampler_counts is not None:
             # saved as a plain list: a checkpoint must rebuild the same sampler (load_from_checkpoint, the CLI)
             sampler_counts = [float(c) for c in torch.as_tensor(sampler_counts, dtype=torch.float64).flatten()]
         for name, value in (("ar_alpha", ar_alpha), ("tar_beta", tar_beta)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"Expected {name} >= 0, got {value!r}")
+            check_float(name, value, min=0.0)
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
         self.save_hyperparameters()
         self.output = output

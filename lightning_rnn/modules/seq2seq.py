@@ -15,6 +15,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CharErrorRate
 
+from lightning_rnn._validation import check_int
 from lightning_rnn.data.vocab import Vocab
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.nn.search import SearchOutput
@@ -226,10 +227,8 @@ class Seq2SeqAttention(L.LightningModule):
                 raise ValueError(f"Expected {name} in [0, 1], got {p!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"Expected label_smoothing in [0, 1), got {label_smoothing!r}")
-        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-            raise ValueError(f"Expected beam_size >= 1, got {beam_size!r}")
-        if isinstance(max_decode_len, bool) or not isinstance(max_decode_len, int) or max_decode_len < 1:
-            raise ValueError(f"Expected max_decode_len >= 1, got {max_decode_len!r}")
+        check_int("beam_size", beam_size, min=1)
+        check_int("max_decode_len", max_decode_len, min=1)
         for name, i in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
             if not 0 <= i < tgt_size:
                 raise ValueError(f"Expected {name} in [0, {tgt_size}) (the target vocab size), got {i}")

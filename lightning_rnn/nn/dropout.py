@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from lightning_rnn._validation import check_probability
+
 __all__ = ["EmbeddingDropout", "LockedDropout", "WeightDropout", "locked_dropout"]
 
 
 def _check_p(p: float, name: str = "p") -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"Expected {name} to be a float in [0, 1), got {p!r}")
-    return float(p)
+    return check_probability(name, p)
 
 
 def _scaled_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:

@@ -39,14 +39,15 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from lightning_rnn._validation import check_int
+
+from ._cells import CELLS
 from ._recurrence import Zoneout, autocast_dtype, gru_recurrence, lstm_recurrence, step_loop
 from .dropout import _apply_row_mask, _check_p, _scaled_mask
 from .state import State
 
 __all__ = ["CELLS", "RECURRENT_DROPOUT_MODES", "RNNStack", "State"]
 
-#: Valid ``cell`` names and their number of gates.
-CELLS: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
 #: Valid ``recurrent_dropout_mode`` values.
 RECURRENT_DROPOUT_MODES = ("weight", "state")
 
@@ -194,8 +195,7 @@ class RNNStack(nn.Module):
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"Expected dtype to be a floating-point torch.dtype, got {dtype!r}")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+            check_int(name, value, min=1)
         if recurrent_dropout_mode not in RECURRENT_DROPOUT_MODES:
             raise ValueError(
                 f"Expected recurrent_dropout_mode to be one of {list(RECURRENT_DROPOUT_MODES)}, "
@@ -302,8 +302,8 @@ class RNNStack(nn.Module):
 
         Device and dtype default to the parameters'.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | torch.SymInt) or batch_size < 1:
-            raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r}")  # SymInt: traced
+        if not isinstance(batch_size, torch.SymInt):  # SymInt: traced
+            check_int("batch_size", batch_size, min=1)
         ref = self.weight_hh_l0
         shape = (self.num_directions * self.num_layers, batch_size, self.hidden_size)
         kw = {"device": device if device is not None else ref.device, "dtype": dtype or ref.dtype}

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_rnn._validation import check_int
 from lightning_rnn.nn.state import map_state
 
 __all__ = [
@@ -118,8 +119,7 @@ def _check_common(batch_size: int, max_len: int | Tensor) -> Tensor | None:
         if bool((max_len < 1).any()):
             raise ValueError(f"Expected every max_len >= 1, got min {int(max_len.min())}")
         return max_len
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"Expected max_len >= 1, got {max_len!r}")
+    check_int("max_len", max_len, min=1)
     return None
 
 
@@ -230,8 +230,7 @@ def beam_search(
         >>> out.tokens[0].tolist(), out.lengths[0].tolist()
         ([[3], [2]], [1, 1])
     """
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"Expected beam_size >= 1, got {beam_size!r}")
+    check_int("beam_size", beam_size, min=1)
     if isinstance(n_best, bool) or not isinstance(n_best, int) or not 1 <= n_best <= beam_size:
         raise ValueError(f"Expected 1 <= n_best <= beam_size ({beam_size}), got {n_best!r}")
     if length_penalty_type not in LENGTH_PENALTIES:
