@@ -76,11 +76,11 @@ def check_float(
     if value is None and allow_none:
         return None
     if min is not None and max is not None:
-        what = f"a float in {'[' if min_inclusive else '('}{min}, {max}{']' if max_inclusive else ')'}"
+        what = f"a float in {'[' if min_inclusive else '('}{min:g}, {max:g}{']' if max_inclusive else ')'}"
     elif min is not None:
-        what = f"a float {'>=' if min_inclusive else '>'} {min}"
+        what = f"a float {'>=' if min_inclusive else '>'} {min:g}"
     elif max is not None:
-        what = f"a float {'<=' if max_inclusive else '<'} {max}"
+        what = f"a float {'<=' if max_inclusive else '<'} {max:g}"
     else:
         what = "a finite float" if finite else "a float"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -115,3 +115,36 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"Expected {name} to be a bool, got {value!r}")
     return value
+
+
+def _tracing() -> bool:
+    """True under ``torch.jit`` tracing, ``torch.compile`` or ``torch.export``: value checks must not run there."""
+    import torch
+
+    compiler = getattr(torch, "compiler", None)
+    return bool(
+        torch.jit.is_tracing()
+        or (compiler is not None and compiler.is_compiling())
+        or (compiler is not None and getattr(compiler, "is_exporting", lambda: False)())
+    )
+
+
+def check_token_ids(name: str, ids: Any, vocab_size: int) -> None:
+    """``ids`` must be an integer tensor with every value in ``[0, vocab_size)``.
+
+    The dtype is always checked (``TypeError``); the values (one device sync) unless traced or compiled.
+    """
+    import torch
+
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (
+        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8
+    ):
+        got = f"dtype {ids.dtype}" if isinstance(ids, torch.Tensor) else repr(ids)
+        raise TypeError(f"Expected {name} to be an integer tensor of token ids, got {got}")
+    if ids.numel() == 0 or _tracing():
+        return
+    hi, lo = int(ids.max()), int(ids.min())
+    if hi >= vocab_size:
+        raise ValueError(f"Expected {name} ids in [0, {vocab_size}) (vocab size {vocab_size}), got largest id {hi}")
+    if lo < 0:
+        raise ValueError(f"Expected {name} ids in [0, {vocab_size}), got smallest id {lo}")

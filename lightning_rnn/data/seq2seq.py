@@ -27,6 +27,13 @@ __all__ = ["SPECIALS", "Seq2SeqCollate", "ReversalDataModule", "ReversalDataset"
 SPECIALS = {"pad": 0, "bos": 1, "eos": 2}
 
 
+def _check_ids(pad_id: int, bos_id: int, eos_id: int) -> None:
+    for name, value in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
+        check_int(name, value, min=0)
+    if pad_id == eos_id:
+        raise ValueError(f"Expected pad_id different from eos_id (padding would hide every EOS), got {pad_id} for both")
+
+
 def seq2seq_collate(
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
@@ -53,6 +60,7 @@ def seq2seq_collate(
         >>> b["tgt_in"].tolist(), b["tgt_out"].tolist()
         ([[1, 7, 6, 5], [1, 8, 0, 0]], [[7, 6, 5, 2], [8, 2, 0, 0]])
     """
+    _check_ids(pad_id, bos_id, eos_id)
     if len(pairs) == 0:
         raise ValueError("Expected at least one (source, target) pair, got an empty list")
     srcs = [list(s) + ([eos_id] if src_eos else []) for s, _ in pairs]
@@ -76,6 +84,7 @@ class Seq2SeqCollate:
     """Picklable ``collate_fn`` wrapper around :func:`seq2seq_collate` (for ``DataLoader(num_workers>0)``)."""
 
     def __init__(self, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, src_eos: bool = False) -> None:
+        _check_ids(pad_id, bos_id, eos_id)
         self.kwargs = {"pad_id": pad_id, "bos_id": bos_id, "eos_id": eos_id, "src_eos": src_eos}
 
     def __call__(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[str, Tensor]:

@@ -45,6 +45,8 @@ def batchify(tokens: Tensor, rows: int) -> Tensor:
     check_int("rows", rows, min=1)
     if tokens.dim() != 1:
         raise ValueError(f"Expected a 1-D token stream, got shape {tuple(tokens.shape)}")
+    if tokens.numel() < rows:
+        raise ValueError(f"Expected rows <= the number of tokens ({tokens.numel()}), got {rows}")
     n = tokens.numel() // rows
     return tokens[: n * rows].view(rows, n)
 
@@ -297,6 +299,8 @@ class TextStreamDataModule(LightningDataModule):
                 continue
             check_int(name, value, min=1)
         check_int("num_workers", num_workers, min=0)
+        check_int("min_freq", min_freq, min=1)
+        check_int("max_size", max_size, min=1, allow_none=True)
         if level is not None and level not in _LEVELS:
             raise ValueError(f"Expected level in {sorted(_LEVELS)}, got {level!r}")
         for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):

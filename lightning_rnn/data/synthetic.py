@@ -123,6 +123,8 @@ def make_bit_streams(task: str, n: int, length: int, delay: int = 15, seed: int 
     check_int("n", n, min=1)
     check_int("length", length, min=2)
     check_int("delay", delay, min=1)
+    if task == "delay" and delay >= length:
+        raise ValueError(f"Expected delay < length ({length}) for task='delay' (else every label is 0), got {delay}")
     g = torch.Generator().manual_seed(seed)
     items = []
     for _ in range(n):
@@ -185,6 +187,8 @@ class BitStreamTaggingDataModule(_GeneratedDataModule):
             raise ValueError(f"Expected task in {BIT_TASKS}, got {task!r}")
         check_int("length", length, min=2)
         check_int("delay", delay, min=1)
+        if task == "delay" and delay >= length:
+            raise ValueError(f"Expected delay < length ({length}) for task='delay' (else every label is 0), got {delay}")
         super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed, num_workers)
         self.task, self.length, self.delay = task, length, delay
 

@@ -40,6 +40,15 @@ _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 _SOURCE_HINT = "a TSV file (label<TAB>text per line) or a directory with one sub-directory per class"
 
 
+def _check_packages(packages: Any) -> list[str]:
+    if isinstance(packages, str) or not all(isinstance(p, str) for p in packages):
+        raise ValueError(f"Expected packages to be a list of stdlib package names, got {packages!r}")
+    packages = list(packages)
+    if len(packages) < 2 or len(set(packages)) != len(packages):
+        raise ValueError(f"Expected packages to be at least 2 distinct stdlib packages, got {packages}")
+    return packages
+
+
 def stdlib_snippets(
     packages: Sequence[str] = DEFAULT_STDLIB_PACKAGES,
     *,
@@ -70,9 +79,7 @@ def stdlib_snippets(
     """
     check_int("snippet_length", snippet_length, min=1)
     check_int("samples_per_class", samples_per_class, min=1)
-    packages = list(packages)
-    if len(packages) < 2 or len(set(packages)) != len(packages):
-        raise ValueError(f"Expected at least 2 distinct stdlib packages, got {packages}")
+    packages = _check_packages(packages)
     root = stdlib_source_dir()
     g = torch.Generator().manual_seed(seed)
     out: list[tuple[str, str]] = []
@@ -227,6 +234,8 @@ class TextClassificationDataModule(LightningDataModule):
                 "Expected packages and samples_per_class only with source=None (the stdlib snippets), got "
                 f"source={os.fspath(source)!r} with packages={packages!r}, samples_per_class={samples_per_class!r}"
             )
+        if packages is not None:
+            _check_packages(packages)
         if source is None and max_length is None:
             raise ValueError("Expected max_length (the snippet length) with source=None, got None")
         if isinstance(vocab, str | Path):

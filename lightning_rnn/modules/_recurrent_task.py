@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Accuracy, F1Score
 
-from lightning_rnn._validation import check_int
+from lightning_rnn._validation import check_int, check_token_ids
 from lightning_rnn.functional.tbptt import batch_time_length
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule
@@ -233,6 +233,10 @@ class _RecurrentTask(TBPTTModule):
         N rows (active rows replaced, graph attached), and the active row indices (A,).
         """
         n, k = inputs.shape[0], inputs.shape[1]
+        if self.embedding is not None:
+            check_token_ids("inputs", inputs, self.embedding.num_embeddings)
+        if lengths is not None and tuple(lengths.shape) != (n,):
+            raise ValueError(f"Expected lengths of shape ({n},) (one per row of inputs), got {tuple(lengths.shape)}")
         if state is None:
             ref = self.rnn.weight_hh_l0
             state = self.rnn.init_state(n, device=inputs.device, dtype=ref.dtype)

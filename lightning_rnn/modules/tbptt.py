@@ -22,7 +22,7 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_rnn._validation import check_int
+from lightning_rnn._validation import check_bool, check_float, check_int
 from lightning_rnn.functional.clipping import grad_norm
 from lightning_rnn.functional.tbptt import (
     _tensors,
@@ -322,12 +322,11 @@ class TBPTTModule(LightningModule):
         self.tbptt_backprop_steps = tbptt_backprop_steps  # validated by the setter
         if variable_bptt and tbptt_steps is None:
             raise ValueError("Expected tbptt_steps to be set when variable_bptt=True, got tbptt_steps=None")
-        if variable_bptt_std < 0:
-            raise ValueError(f"Expected variable_bptt_std >= 0, got {variable_bptt_std}")
-        if variable_bptt_min < 1:
-            raise ValueError(f"Expected variable_bptt_min >= 1, got {variable_bptt_min}")
-        if gradient_clip_val is not None and not gradient_clip_val > 0:
-            raise ValueError(f"Expected gradient_clip_val > 0 or None, got {gradient_clip_val}")
+        check_float("variable_bptt_std", variable_bptt_std, min=0.0)
+        check_int("variable_bptt_min", variable_bptt_min, min=1)
+        check_bool("carry_state", carry_state)
+        check_bool("variable_bptt", variable_bptt)
+        check_float("gradient_clip_val", gradient_clip_val, min=0.0, min_inclusive=False, allow_none=True)
         if gradient_clip_algorithm not in _CLIP_ALGORITHMS:
             raise ValueError(
                 f"Expected gradient_clip_algorithm in {_CLIP_ALGORITHMS}, got {gradient_clip_algorithm!r}"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from lightning_rnn._validation import check_probability
+from lightning_rnn._validation import check_probability, check_token_ids
 
 __all__ = ["EmbeddingDropout", "LockedDropout", "WeightDropout", "locked_dropout"]
 
@@ -180,6 +180,7 @@ class EmbeddingDropout(nn.Module):
         return self.embedding.padding_idx
 
     def forward(self, input: Tensor) -> Tensor:
+        check_token_ids("input", input, self.num_embeddings)
         out = self.embedding(input)
         if not (self.training or self.mc_dropout) or self.p == 0.0:
             return out

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from lightning_rnn._validation import check_int
+from lightning_rnn._validation import check_bool, check_choice, check_int
 
 from ._cells import CELLS
 from ._recurrence import Zoneout, autocast_dtype, gru_recurrence, lstm_recurrence, step_loop
@@ -189,8 +189,10 @@ class RNNStack(nn.Module):
         second_order: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(cell, str) or cell.lower() not in CELLS:
-            raise ValueError(f"Expected cell to be one of {list(CELLS)}, got {cell!r}")
+        check_choice("cell", cell, CELLS, lower=True)
+        for name, flag in (("bidirectional", bidirectional), ("batch_first", batch_first), ("bias", bias),
+                           ("mc_dropout", mc_dropout), ("second_order", second_order)):
+            check_bool(name, flag)
         _check_torch_keywords(cell.lower(), dropout, nonlinearity, proj_size)
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"Expected dtype to be a floating-point torch.dtype, got {dtype!r}")
@@ -370,7 +372,7 @@ class RNNStack(nn.Module):
         lengths = lengths.to("cpu", torch.int64)
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 1 or hi > length:
-            raise ValueError(f"Expected every length in [1, {length}] (L of the input), got min {lo}, max {hi}")
+            raise ValueError(f"Expected every entry of lengths in [1, {length}] (L of the input), got min {lo}, max {hi}")
         return lengths
 
     # ------------------------------------------------------------------ forward

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_rnn._validation import check_int
+from lightning_rnn._validation import check_float, check_int
 from lightning_rnn.nn.state import map_state
 
 __all__ = [
@@ -113,6 +113,7 @@ def max_lengths(
 
 
 def _check_common(batch_size: int, max_len: int | Tensor) -> Tensor | None:
+    check_int("batch_size", batch_size, min=1)
     if isinstance(max_len, Tensor):
         if max_len.shape != (batch_size,):
             raise ValueError(f"Expected max_len of shape ({batch_size},), got {list(max_len.shape)}")
@@ -231,8 +232,8 @@ def beam_search(
         ([[3], [2]], [1, 1])
     """
     check_int("beam_size", beam_size, min=1)
-    if isinstance(n_best, bool) or not isinstance(n_best, int) or not 1 <= n_best <= beam_size:
-        raise ValueError(f"Expected 1 <= n_best <= beam_size ({beam_size}), got {n_best!r}")
+    check_int("n_best", n_best, min=1, max=beam_size)
+    check_float("alpha", alpha)
     if length_penalty_type not in LENGTH_PENALTIES:
         raise ValueError(
             f"Expected length_penalty_type to be one of {list(LENGTH_PENALTIES)}, got {length_penalty_type!r}"

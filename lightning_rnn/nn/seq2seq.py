@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_rnn._validation import check_choice, check_int, check_probability
+from lightning_rnn._validation import check_token_ids as _check_token_ids
 from lightning_rnn.nn._cells import CELLS
 from lightning_rnn.nn.attention import BahdanauAttention, LuongAttention, padding_mask
 from lightning_rnn.nn.rnn import RNNStack
@@ -80,15 +81,7 @@ class DecoderState(NamedTuple):
 
 def check_token_ids(ids: Tensor, vocab_size: int, name: str) -> None:
     """Raise ``ValueError`` naming the largest (or smallest) id when ``ids`` fall outside ``[0, vocab_size)``."""
-    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"Expected {name} to be an integer tensor of token ids, got dtype {ids.dtype}")
-    if ids.numel() == 0:
-        return
-    hi, lo = int(ids.max()), int(ids.min())
-    if hi >= vocab_size:
-        raise ValueError(f"Expected {name} ids in [0, {vocab_size}) (vocab size {vocab_size}), got largest id {hi}")
-    if lo < 0:
-        raise ValueError(f"Expected {name} ids in [0, {vocab_size}), got smallest id {lo}")
+    _check_token_ids(name, ids, vocab_size)
 
 
 def check_lengths(lengths: Tensor, batch_size: int, max_len: int, name: str = "src_lengths") -> None:

@@ -80,9 +80,9 @@ def test_bad_state(lstm):
 
 def test_bad_lengths(lstm):
     x = torch.randn(3, 5, 10)
-    with pytest.raises(ValueError, match=r"Expected every length in \[1, 5\] \(L of the input\), got min 1, max 6"):
+    with pytest.raises(ValueError, match=r"Expected every entry of lengths in \[1, 5\] \(L of the input\), got min 1, max 6"):
         lstm(x, lengths=torch.tensor([6, 1, 2]))
-    with pytest.raises(ValueError, match=r"Expected every length in \[1, 5\]"):
+    with pytest.raises(ValueError, match=r"Expected every entry of lengths in \[1, 5\]"):
         lstm(x, lengths=torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"Expected lengths of shape \(3,\) \(one per batch row\), got \[2\]"):
         lstm(x, lengths=torch.tensor([2, 2]))
