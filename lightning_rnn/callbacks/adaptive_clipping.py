@@ -213,24 +213,17 @@ class AdaptiveGradientClipping(Callback):
         check_float("quantile", quantile, min=0.0, max=1.0, min_inclusive=False)
         check_int("window", window, min=1, allow_none=True)
         check_int("warmup_steps", warmup_steps, min=0)
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"Expected alpha in (0, 1), got {alpha!r}")
-        if not z_threshold > 0.0:
-            raise ValueError(f"Expected z_threshold > 0, got {z_threshold!r}")
-        if not agc_lambda > 0.0:
-            raise ValueError(f"Expected agc_lambda > 0, got {agc_lambda!r}")
-        if not agc_eps > 0.0:
-            raise ValueError(f"Expected agc_eps > 0, got {agc_eps!r}")
+        check_float("alpha", alpha, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
+        for name, value in (("z_threshold", z_threshold), ("agc_lambda", agc_lambda), ("agc_eps", agc_eps)):
+            check_float(name, value, min=0.0, min_inclusive=False)
         if agc_exclude is not None:
             if isinstance(agc_exclude, str) or not all(isinstance(x, str) for x in agc_exclude):
                 raise TypeError(
                     f"Expected agc_exclude to be None or a list of parameter-name prefixes, got {agc_exclude!r}"
                 )
             agc_exclude = list(agc_exclude)
-        if max_norm is not None and not max_norm > 0.0:
-            raise ValueError(f"Expected max_norm > 0 or None, got {max_norm!r}")
-        if not norm_type > 0.0:
-            raise ValueError(f"Expected norm_type > 0 (or inf), got {norm_type!r}")
+        check_float("max_norm", max_norm, min=0.0, min_inclusive=False, allow_none=True)
+        check_float("norm_type", norm_type, min=0.0, min_inclusive=False, finite=False)
         check_int("max_nonfinite_steps", max_nonfinite_steps, min=1)
         check_int("log_every_n_steps", log_every_n_steps, min=1, allow_none=True)
 

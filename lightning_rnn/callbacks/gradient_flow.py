@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 from typing_extensions import override
 
-from lightning_rnn._validation import check_float, check_int
+from lightning_rnn._validation import check_bool, check_float, check_int
 from lightning_rnn.callbacks._plotting import lag_step_heatmap
 from lightning_rnn.callbacks._schedule import logger_step, next_bucket
 from lightning_rnn.functional.gradient_flow import GradientFlowResult, measure_gradient_flow
@@ -184,8 +184,8 @@ class GradientFlowMonitor(Callback):
         self.backward_passes = backward_passes
         self.probe_batch = probe_batch
         self.log_lags = tuple(sorted(set(lags)))
-        self.per_layer = bool(per_layer)
-        self.heatmap = bool(heatmap)
+        self.per_layer = check_bool("per_layer", per_layer)
+        self.heatmap = check_bool("heatmap", heatmap)
         self.history: list[dict[str, Any]] = []  #: one entry per probe: step, normalized curve, g0, horizon
         self.last: GradientFlowResult | None = None  #: the latest probe's result
         self._last_bucket: int | None = None

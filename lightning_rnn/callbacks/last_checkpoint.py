@@ -42,6 +42,8 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str | os.PathLike[str] | None = None, every_n_steps: int = 100,
                  filename: str = "last") -> None:
         check_int("every_n_steps", every_n_steps, min=1)
+        if dirpath is not None and not isinstance(dirpath, str | os.PathLike):
+            raise ValueError(f"Expected dirpath to be a path (str or os.PathLike) or None, got {dirpath!r}")
         if not filename:
             raise ValueError(f"Expected a non-empty filename, got {filename!r}")
         super().__init__(dirpath=dirpath, filename=filename, save_top_k=0, every_n_epochs=0,

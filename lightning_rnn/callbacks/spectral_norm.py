@@ -10,7 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_rnn._validation import check_int
+from lightning_rnn._validation import check_bool, check_int
 from lightning_rnn.callbacks._schedule import logger_step, next_bucket
 from lightning_rnn.functional.spectral import (
     BlockSpectralNorm,
@@ -90,10 +90,10 @@ class SpectralNormMonitor(Callback):
             raise TypeError(f"Expected modules to be a sequence of module paths (str) or None, got {modules!r}")
         for name, value in (("num_iters", num_iters), ("warmup_iters", warmup_iters)):
             check_int(name, value, min=1)
-        self.exact = bool(exact)
+        self.exact = check_bool("exact", exact)
         self.modules = list(modules) if modules is not None else None
-        self.warn_on_explode = bool(warn_on_explode)
-        self.log_bound_ratios = bool(log_bound_ratios)
+        self.warn_on_explode = check_bool("warn_on_explode", warn_on_explode)
+        self.log_bound_ratios = check_bool("log_bound_ratios", log_bound_ratios)
         self.num_iters = num_iters
         self.warmup_iters = warmup_iters
         self._weights: list[RecurrentWeight] = []

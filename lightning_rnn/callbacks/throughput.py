@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from lightning_rnn._validation import check_int
+from lightning_rnn._validation import check_bool, check_int
 
 __all__ = ["TokensPerSecond"]
 
@@ -56,7 +56,7 @@ class TokensPerSecond(Callback):
     def __init__(self, window: int = 20, prog_bar: bool = True) -> None:
         check_int("window", window, min=1)
         self.window = window
-        self.prog_bar = prog_bar
+        self.prog_bar = check_bool("prog_bar", prog_bar)
         self._times: deque[tuple[float, int]] = deque(maxlen=window)
         self._start: float | None = None
 

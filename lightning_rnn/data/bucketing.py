@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from lightning_rnn._validation import check_int
+from lightning_rnn._validation import check_bool, check_int
 
 __all__ = ["BucketBatchSampler"]
 
@@ -81,11 +81,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         if num_replicas is not None:
             check_int("num_replicas", num_replicas, min=1)
             check_int("rank", rank, min=0, max=num_replicas - 1)
-        self.shuffle = shuffle
+        self.shuffle = check_bool("shuffle", shuffle)
         self.bucket_size_multiplier = bucket_size_multiplier
         self.pool = batch_size * bucket_size_multiplier  # a multiple of batch_size: only the last batch is short
-        self.drop_last = drop_last
-        self.seed = seed
+        self.drop_last = check_bool("drop_last", drop_last)
+        self.seed = check_int("seed", seed)
         self.num_replicas = num_replicas or 1
         self.rank = rank or 0
         self.epoch = 0

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightning_rnn._validation import check_int, check_probability
+from lightning_rnn._validation import check_bool, check_int, check_probability
 from lightning_rnn.data.corpus import (
     TokenCorpus,
     _check_max_bytes,
@@ -105,7 +105,7 @@ class StreamChunks(Dataset):
         self.streams = streams
         self.bptt = bptt
         self.doc_starts = doc_starts
-        self.drop_last = drop_last
+        self.drop_last = check_bool("drop_last", drop_last)
 
     def __len__(self) -> int:
         steps = max(0, self.streams.shape[1] - 1)  # positions that have a target
@@ -331,11 +331,11 @@ class TextStreamDataModule(LightningDataModule):
         self.max_size = max_size
         self.max_bytes = max_bytes
         self.pattern = pattern
-        self.mark_documents = mark_documents
+        self.mark_documents = check_bool("mark_documents", mark_documents)
         self.eval_batch_size = eval_batch_size
-        self.drop_last = drop_last
+        self.drop_last = check_bool("drop_last", drop_last)
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.pin_memory = check_bool("pin_memory", pin_memory)
         self.rank = rank
         self.world_size = world_size
         self.cache = cache

@@ -47,6 +47,7 @@ class _GeneratedDataModule(LightningDataModule):
         check_int("batch_size", batch_size, min=1)
         check_int("eval_batch_size", eval_batch_size, min=1)
         check_int("num_workers", num_workers, min=0)
+        check_int("seed", seed)
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.num_workers = seed, num_workers
@@ -123,6 +124,7 @@ def make_bit_streams(task: str, n: int, length: int, delay: int = 15, seed: int 
     check_int("n", n, min=1)
     check_int("length", length, min=2)
     check_int("delay", delay, min=1)
+    check_int("seed", seed)
     if task == "delay" and delay >= length:
         raise ValueError(f"Expected delay < length ({length}) for task='delay' (else every label is 0), got {delay}")
     g = torch.Generator().manual_seed(seed)

@@ -225,6 +225,7 @@ class TextClassificationDataModule(LightningDataModule):
         check_int("samples_per_class", samples_per_class, min=1, allow_none=True)
         check_int("min_freq", min_freq, min=1)
         check_int("num_workers", num_workers, min=0)
+        check_int("seed", seed)
         for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             check_probability(name, frac)
         if val_fraction + test_fraction >= 1:

@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
-from lightning_rnn._validation import check_choice, check_float, check_int, check_probability, check_token_ids
+from lightning_rnn._validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_probability,
+    check_token_ids,
+)
 from lightning_rnn.functional.activation_reg import (
     activation_regularization,
     temporal_activation_regularization,
@@ -24,6 +31,7 @@ from lightning_rnn.nn.softmax import (
     SAMPLER_DISTRIBUTIONS,
     CandidateSampler,
     adaptive_softmax,
+    check_cutoffs,
     sampled_softmax_loss,
 )
 
@@ -44,15 +52,6 @@ def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
         f"got {type(batch).__name__}"
     )
 
-
-def _increasing_in(values: Any, size: int) -> bool:
-    """True when ``values`` is a non-empty sequence of strictly increasing ints in ``(0, size)``."""
-    try:
-        v = list(values)
-    except TypeError:
-        return False
-    ints = all(isinstance(c, int) and not isinstance(c, bool) for c in v)
-    return bool(v) and ints and all(a < b for a, b in zip([0, *v], v)) and v[-1] < size
 
 
 class RNNLanguageModel(TBPTTModule):
@@ -184,15 +183,19 @@ class RNNLanguageModel(TBPTTModule):
         if output == "adaptive" and tie_weights:
             raise ValueError("Expected tie_weights=False with output='adaptive' (its head has V' < V rows), got True")
         check_choice("sampler", sampler, SAMPLER_DISTRIBUTIONS)
+        check_bool("tie_weights", tie_weights)
         if output == "sampled":
             check_int("num_sampled", num_sampled, min=1, max=vocab_size)
         check_probability("embedding_dropout", embedding_dropout)
         check_float("adaptive_div_value", adaptive_div_value, min=0.0, min_inclusive=False)
-        if output == "adaptive" and adaptive_cutoffs is not None and not _increasing_in(adaptive_cutoffs, vocab_size):
-            raise ValueError(
-                f"Expected adaptive_cutoffs to be strictly increasing ints in (0, vocab_size={vocab_size}), "
-                f"got {adaptive_cutoffs!r}"
-            )
+        if output == "adaptive" and adaptive_cutoffs is not None:
+            try:
+                check_cutoffs(adaptive_cutoffs, vocab_size)
+            except (TypeError, ValueError) as err:  # name the module's argument, keep the detail
+                raise type(err)(
+                    f"Expected adaptive_cutoffs to be strictly increasing ints in (0, vocab_size={vocab_size}), "
+                    f"got {adaptive_cutoffs!r} ({err})"
+                ) from None
         if sampler_counts is not None:
             # saved as a plain list: a checkpoint must rebuild the same sampler (load_from_checkpoint, the CLI)
             sampler_counts = [float(c) for c in torch.as_tensor(sampler_counts, dtype=torch.float64).flatten()]

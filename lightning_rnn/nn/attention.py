@@ -177,7 +177,7 @@ class LuongAttention(nn.Module):
         if score == "general":
             self.key_proj = nn.Linear(key_size, query_size, bias=False)  # W k, so that qᵀ (W k)
         elif score == "concat":
-            hidden_size = hidden_size or query_size
+            hidden_size = query_size if hidden_size is None else check_int("hidden_size", hidden_size, min=1)
             self.key_proj = nn.Linear(key_size, hidden_size, bias=True)
             self.query_proj = nn.Linear(query_size, hidden_size, bias=False)
             self.v = nn.Linear(hidden_size, 1, bias=False)

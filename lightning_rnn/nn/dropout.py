@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from lightning_rnn._validation import check_probability, check_token_ids
+from lightning_rnn._validation import check_bool, check_probability, check_token_ids
 
 __all__ = ["EmbeddingDropout", "LockedDropout", "WeightDropout", "locked_dropout"]
 
@@ -124,8 +124,8 @@ class LockedDropout(nn.Module):
     def __init__(self, p: float = 0.5, batch_first: bool = True, *, mc_dropout: bool = False) -> None:
         super().__init__()
         self.p = _check_p(p)
-        self.batch_first = batch_first
-        self.mc_dropout = mc_dropout
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
     def forward(self, input: Tensor | PackedSequence) -> Tensor | PackedSequence:
         return locked_dropout(input, self.p, self.training or self.mc_dropout, self.batch_first)
@@ -160,7 +160,7 @@ class EmbeddingDropout(nn.Module):
             raise TypeError(f"Expected embedding to be a torch.nn.Embedding, got {type(embedding).__name__}")
         self.embedding = embedding
         self.p = _check_p(p)
-        self.mc_dropout = mc_dropout
+        self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
     @property
     def weight(self) -> nn.Parameter:
@@ -236,7 +236,7 @@ class WeightDropout(nn.Module):
         self.module = module
         self.weights = list(weights)
         self.p = _check_p(p)
-        self.mc_dropout = mc_dropout
+        self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not (self.training or self.mc_dropout) or self.p == 0.0:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_rnn._validation import check_choice, check_int, check_probability
+from lightning_rnn._validation import check_bool, check_choice, check_int, check_probability
 from lightning_rnn._validation import check_token_ids as _check_token_ids
 from lightning_rnn.nn._cells import CELLS
 from lightning_rnn.nn.attention import BahdanauAttention, LuongAttention, padding_mask
@@ -350,8 +350,8 @@ class AttentionDecoder(nn.Module):
             default_ordering = check_choice("ordering", ordering, ORDERINGS, lower=True)
         self.ordering = default_ordering
         check_probability("dropout", dropout)
-        self.input_feeding = bool(input_feeding) and self.ordering == "luong"
-        self.tie_weights = bool(tie_weights)
+        self.input_feeding = check_bool("input_feeding", input_feeding) and self.ordering == "luong"
+        self.tie_weights = check_bool("tie_weights", tie_weights)
         self.output_size = embedding_dim if tie_weights else hidden_size  # F
 
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
