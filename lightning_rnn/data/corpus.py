@@ -230,7 +230,11 @@ def read_text_source(
 
 
 def _check_max_bytes(max_bytes: object) -> None:
-    check_int("max_bytes", max_bytes, min=1, allow_none=True)
+    if max_bytes is not None:  # the message says what None means: 0 or negative must not read as "no limit"
+        try:
+            check_int("max_bytes", max_bytes, min=1)
+        except ValueError:
+            raise ValueError(f"Expected max_bytes to be an int >= 1 or None (no limit), got {max_bytes!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------- token cache

@@ -292,8 +292,7 @@ class TextStreamDataModule(LightningDataModule):
         _check_max_bytes(max_bytes)  # 0 or negative must not mean "everything"
         if predict_split not in _SPLITS:
             raise ValueError(f"Expected predict_split in {list(_SPLITS)}, got {predict_split!r}")
-        if not isinstance(cache, bool):
-            raise ValueError(f"Expected cache to be a bool, got {cache!r}")
+        check_bool("cache", cache)
         for name, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size)):
             if name == "eval_batch_size" and value is None:
                 continue

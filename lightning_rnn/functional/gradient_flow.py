@@ -305,8 +305,7 @@ def per_lag_gradient_norms(
     length = int(step_losses.shape[-1])
     if len(step_states) != length:
         raise ValueError(f"Expected {length} step states (one per step of step_losses), got {len(step_states)}")
-    if isinstance(max_lag, bool) or not isinstance(max_lag, int) or not 1 <= max_lag <= length - 1:
-        raise ValueError(f"Expected max_lag an int in [1, L - 1] = [1, {length - 1}], got {max_lag!r}")
+    check_int("max_lag", max_lag, min=1, max=length - 1)  # [1, L - 1]
     states = [[c for c in _leaves(s) if c.requires_grad] for s in step_states]  # [t][leaf] autograd knows
     if not states[0]:
         raise ValueError(

@@ -28,10 +28,6 @@ from lightning_rnn._validation import check_bool, check_probability, check_token
 __all__ = ["EmbeddingDropout", "LockedDropout", "WeightDropout", "locked_dropout"]
 
 
-def _check_p(p: float, name: str = "p") -> float:
-    return check_probability(name, p)
-
-
 def _scaled_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
     """Bernoulli(1-p) mask scaled by 1/(1-p), with the dtype and device of ``like``."""
     # uniform_ + ge_ is ~3x faster than bernoulli_ on CPU (it matters for (4H, H) weight masks)
@@ -77,7 +73,7 @@ def locked_dropout(
         Same type and shape as ``input``; dropped coordinates are zero at every step, kept ones are
         scaled by 1/(1-p).
     """
-    p = _check_p(p)
+    p = check_probability("p", p)
     if not training or p == 0.0:
         return input
     if isinstance(input, PackedSequence):
@@ -123,7 +119,7 @@ class LockedDropout(nn.Module):
 
     def __init__(self, p: float = 0.5, batch_first: bool = True, *, mc_dropout: bool = False) -> None:
         super().__init__()
-        self.p = _check_p(p)
+        self.p = check_probability("p", p)
         self.batch_first = check_bool("batch_first", batch_first)
         self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
@@ -159,7 +155,7 @@ class EmbeddingDropout(nn.Module):
         if not isinstance(embedding, nn.Embedding):
             raise TypeError(f"Expected embedding to be a torch.nn.Embedding, got {type(embedding).__name__}")
         self.embedding = embedding
-        self.p = _check_p(p)
+        self.p = check_probability("p", p)
         self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
     @property
@@ -235,7 +231,7 @@ class WeightDropout(nn.Module):
                 raise ValueError(f"Expected weight names among {sorted(names)}, got {w!r}")
         self.module = module
         self.weights = list(weights)
-        self.p = _check_p(p)
+        self.p = check_probability("p", p)
         self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

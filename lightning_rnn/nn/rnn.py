@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from lightning_rnn._validation import check_bool, check_choice, check_int
+from lightning_rnn._validation import check_bool, check_choice, check_int, check_probability
 
 from ._cells import CELLS
 from ._recurrence import Zoneout, autocast_dtype, gru_recurrence, lstm_recurrence, step_loop
-from .dropout import _apply_row_mask, _check_p, _scaled_mask
+from .dropout import _apply_row_mask, _scaled_mask
 from .state import State
 
 __all__ = ["CELLS", "RECURRENT_DROPOUT_MODES", "RNNStack", "State"]
@@ -212,13 +212,13 @@ class RNNStack(nn.Module):
         self.batch_first = bool(batch_first)
         self.output_size = self.num_directions * hidden_size
         self.bias = bool(bias)
-        self.input_dropout = _check_p(input_dropout, "input_dropout")
-        self.layer_dropout = _check_p(layer_dropout, "layer_dropout")
-        self.output_dropout = _check_p(output_dropout, "output_dropout")
-        self.recurrent_dropout = _check_p(recurrent_dropout, "recurrent_dropout")
+        self.input_dropout = check_probability("input_dropout", input_dropout)
+        self.layer_dropout = check_probability("layer_dropout", layer_dropout)
+        self.output_dropout = check_probability("output_dropout", output_dropout)
+        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
         self.recurrent_dropout_mode = recurrent_dropout_mode
         self.mc_dropout = bool(mc_dropout)
-        self.zoneout = _check_p(zoneout, "zoneout")
+        self.zoneout = check_probability("zoneout", zoneout)
         self.second_order = bool(second_order)
 
         if residual not in (False, True, "all"):
