@@ -82,7 +82,7 @@ class _RecurrentTask(TBPTTModule):
         lr: float,
         weight_decay: float,
         pad_id: int = -100,
-        lr_scheduler_step: str = "batch",
+        lr_scheduler_step: str = "auto",
         max_consecutive_skips: int = 10,
         nonfinite_inputs: str = "error",
     ) -> None:

@@ -144,7 +144,7 @@ class RNNLanguageModel(TBPTTModule):
         eval_tbptt_steps: int | None = None,
         variable_bptt_std: float = 5.0,
         variable_bptt_min: int = 5,
-        lr_scheduler_step: str = "batch",
+        lr_scheduler_step: str = "auto",
         max_consecutive_skips: int = 10,
         nonfinite_inputs: str = "error",
         pad_id: int = -100,

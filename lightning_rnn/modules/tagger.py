@@ -80,7 +80,7 @@ class RNNTagger(_RecurrentTask):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
-        lr_scheduler_step: str = "batch",
+        lr_scheduler_step: str = "auto",
         max_consecutive_skips: int = 10,
         nonfinite_inputs: str = "error",
         input_dropout: float = 0.0,

@@ -37,7 +37,7 @@ from lightning_rnn.nn.state import detach_state, map_state, reset_state_rows
 __all__ = ["NonFiniteStepError", "TBPTTModule", "TBPTTStep"]
 
 _CLIP_ALGORITHMS = ("norm", "value")
-_LR_SCHEDULER_STEPS = ("batch", "optimizer_step")
+_LR_SCHEDULER_STEPS = ("auto", "batch", "optimizer_step")
 _NONFINITE_INPUTS = ("error", "skip")
 # Strategies whose manual-optimization path cannot run a TBPTT loop (Lightning #19626 for FSDP).
 _REFUSED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
@@ -214,7 +214,11 @@ class TBPTTModule(LightningModule):
     one optimizer step (``lr_scheduler_step="batch"``, Lightning 1.x's TBPTT semantics and what
     ``trainer.estimated_stepping_batches`` counts in a ``max_epochs`` run), or once per optimizer step with
     ``lr_scheduler_step="optimizer_step"`` (what ``estimated_stepping_batches`` counts in a ``max_steps`` run).
-    ``frequency`` counts batches of the epoch (as Lightning does) or ``global_step`` respectively.
+    The default ``"auto"`` picks, once per fit, the unit ``trainer.estimated_stepping_batches`` counts: per
+    optimizer step when ``max_steps`` is what ends the estimate (``estimated_stepping_batches == max_steps``),
+    per batch otherwise — so a schedule sized by it (OneCycleLR, a linear warm-up) runs to its last step in
+    both kinds of run and never past it. ``frequency`` counts batches of the epoch (as Lightning does) or
+    ``global_step`` respectively.
 
     **Non-finite steps.** A chunk whose loss or gradient is NaN/inf (on any rank) is skipped before
     ``optimizer.step()``: parameters and optimizer state stay bit-identical, ``train/skipped_steps`` counts it,
@@ -254,7 +258,8 @@ class TBPTTModule(LightningModule):
             refused (Lightning cannot clip under manual optimization): set it here.
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
         eval_tbptt_steps: chunk length for validation/test/predict (no backward). ``None``: ``tbptt_steps``.
-        lr_scheduler_step: ``"batch"`` (default) or ``"optimizer_step"``: when ``interval="step"`` schedulers step.
+        lr_scheduler_step: ``"auto"`` (default), ``"batch"`` or ``"optimizer_step"``: when ``interval="step"``
+            schedulers step (see *Step accounting*).
         state_batch_dim: where the batch dim of the state's tensors is (see *State layout*); ``None``: the
             documented default and inference.
         max_consecutive_skips: consecutive non-finite chunks tolerated before :class:`NonFiniteStepError`.
@@ -307,7 +312,7 @@ class TBPTTModule(LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         eval_tbptt_steps: int | None = None,
-        lr_scheduler_step: str = "batch",
+        lr_scheduler_step: str = "auto",
         state_batch_dim: Any = None,
         max_consecutive_skips: int = 10,
         nonfinite_inputs: str = "error",
@@ -357,6 +362,7 @@ class TBPTTModule(LightningModule):
         self._bptt_rng = random.Random(0)
         self._bptt_rng_seeded = False
         self._engine: _TBPTTEngine | None = None
+        self._scheduler_unit = "batch"  # resolved from lr_scheduler_step at the start of every fit
         self._batch_first_step = 0
 
     # ------------------------------------------------------------------ options
@@ -593,8 +599,19 @@ class TBPTTModule(LightningModule):
         if not self._bptt_rng_seeded:
             self._bptt_rng.seed(seed)
             self._bptt_rng_seeded = True
+        self._scheduler_unit = self._resolve_scheduler_unit(trainer)
         self._engine = _TBPTTEngine(self)
         trainer.callbacks.append(self._engine)
+
+    def _resolve_scheduler_unit(self, trainer: Any) -> str:
+        """``"batch"`` or ``"optimizer_step"``: what one ``interval="step"`` scheduler step follows in this fit."""
+        if self.lr_scheduler_step != "auto":
+            return self.lr_scheduler_step
+        if not trainer.lr_scheduler_configs or trainer.max_steps in (None, -1):
+            return "batch"
+        # Lightning's estimate counts batches, capped by max_steps: when the cap binds, the run ends after
+        # max_steps optimizer steps, which is what the schedule was sized for
+        return "optimizer_step" if trainer.estimated_stepping_batches == trainer.max_steps else "batch"
 
     def configure_callbacks(self) -> Any:  # runs before Lightning's own manual-optimization checks
         trainer = self._trainer
@@ -754,7 +771,7 @@ class TBPTTModule(LightningModule):
                 if outcome == "step":
                     stepped = True
                     self._consecutive_skips = 0
-                    if self.lr_scheduler_step == "optimizer_step" and trainer is not None:
+                    if self._scheduler_unit == "optimizer_step" and trainer is not None:
                         self._step_schedulers("step", trainer.global_step)
                     if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
                         stopped = True  # Trainer(max_steps) counts optimizer steps: stop inside the batch
@@ -767,7 +784,7 @@ class TBPTTModule(LightningModule):
         if self.carry_state:
             self._carried_state = None if stopped else saved[length]
             self._carried_rows = rows
-        if stepped and self.lr_scheduler_step == "batch":
+        if stepped and self._scheduler_unit == "batch":
             self._step_schedulers("step", batch_idx + 1)
         if self.skipped_steps != skipped_before or self.skipped_steps:
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)

@@ -36,10 +36,11 @@ def _warmup(opt, t):
 
 @pytest.mark.parametrize("make", [_one_cycle, _warmup])
 def test_estimated_stepping_batches_schedule_runs_to_its_last_step_in_a_max_epochs_run(make):
+    """max_epochs (and a max_steps that does not bind): "auto" steps per batch, what the estimate counts."""
     x, y = make_data(n=8, length=12)
     model = SeqRegressor(tbptt_steps=4)
     _with_scheduler(model, make)
-    t = trainer(max_epochs=2)
+    t = trainer(max_epochs=2, max_steps=1000)
     t.fit(model, loader(x, y, 2))
     assert t.global_step == 24  # optimizer steps
     sched = t.lr_scheduler_configs[0].scheduler
@@ -48,10 +49,11 @@ def test_estimated_stepping_batches_schedule_runs_to_its_last_step_in_a_max_epoc
         assert model.optimizers().param_groups[0]["lr"] == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("unit", ["auto", "optimizer_step"])
 @pytest.mark.parametrize("make", [_one_cycle, _warmup])
-def test_estimated_stepping_batches_schedule_runs_to_its_last_step_in_a_max_steps_run(make):
+def test_estimated_stepping_batches_schedule_runs_to_its_last_step_in_a_max_steps_run(make, unit):
     x, y = make_data(n=8, length=12)
-    model = SeqRegressor(tbptt_steps=4, lr_scheduler_step="optimizer_step")
+    model = SeqRegressor(tbptt_steps=4, lr_scheduler_step=unit)  # "auto" (the default) follows the estimate
     _with_scheduler(model, make)
     t = trainer(max_epochs=-1, max_steps=7)
     t.fit(model, loader(x, y, 2))
@@ -61,7 +63,7 @@ def test_estimated_stepping_batches_schedule_runs_to_its_last_step_in_a_max_step
 
 def test_max_steps_stops_at_exactly_n_optimizer_steps_and_the_batch_schedule_never_overruns():
     x, y = make_data(n=8, length=12)
-    model = SeqRegressor(tbptt_steps=4, record=True)
+    model = SeqRegressor(tbptt_steps=4, record=True, lr_scheduler_step="batch")
     _with_scheduler(model, _one_cycle)  # per batch: 3 scheduler steps of 7 here, never more than sized for
     t = trainer(max_epochs=-1, max_steps=7)
     t.fit(model, loader(x, y, 2))
