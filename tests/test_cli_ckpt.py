@@ -1,5 +1,5 @@
 """`--ckpt_path` with every subcommand on the checkpoints `lightning-rnn fit` writes, for every shipped config
-and a user module taking **kwargs: fit -> validate -> test (-> predict) -> fit --ckpt_path (resume)."""
+and a user module taking **kwargs: fit -> validate -> test -> predict -> fit --ckpt_path (resume)."""
 
 from __future__ import annotations
 
@@ -59,9 +59,8 @@ def test_every_subcommand_reuses_the_checkpoints_fit_writes(name: str, tmp_path:
     assert any(k.startswith("val/") for k in validated.trainer.callback_metrics)
     tested = _run("test", name, ["--ckpt_path", str(last)], corpus)
     assert any(k.startswith("test/") for k in tested.trainer.callback_metrics)
-    if name == "seq2seq_reverse":  # the only shipped data module with a predict loader
-        predicted = _run("predict", name, ["--ckpt_path", str(last)], corpus)
-        assert predicted.trainer.predict_loop.predictions
+    predicted = _run("predict", name, ["--ckpt_path", str(last)], corpus)  # every data module predicts
+    assert predicted.trainer.predict_loop.predictions
     # resume: continues from the checkpoint's step, same weights at the start
     resumed = _run("fit", name, ["--ckpt_path", str(last), "--trainer.max_steps=10"], corpus)
     assert resumed.trainer.global_step >= 10 and ckpt["global_step"] >= 6
