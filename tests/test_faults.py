@@ -126,6 +126,15 @@ def _lm_ckpt(path: Path, cls: type = RNNLanguageModel) -> Path:
     return path
 
 
+def test_generate_refuses_a_checkpoint_naming_its_own_instantiator(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = _lm_ckpt(tmp_path / "lm.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["_instantiator"] = "os.system"
+    torch.save(ckpt, path)
+    assert "refused, a checkpoint must not choose code to run" in _error_line(capsys, ["generate", "--ckpt", str(path)])
+
+
 def test_generate_restores_the_checkpoints_own_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _lm_ckpt(tmp_path / "sub.ckpt", ShoutingLM)
     main(["generate", "--ckpt", str(path), "--prompt", "abc", "--max_new_tokens", "5", "--seed", "0"])
@@ -170,7 +179,9 @@ def _fit_with_checkpoint_dir(dirpath: str, tmp_path: Path) -> None:
     trainer.fit(model, dm)
 
 
-def test_unwritable_checkpoint_dir_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_checkpoint_dir_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the CLI writes config.yaml into the working directory
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(OSError, match="Expected a writable checkpoint directory") as err:

@@ -1,5 +1,6 @@
 """Exact resume: a run stopped mid-epoch and resumed from its step-k checkpoint continues like the
-uninterrupted run (same batches, same carried state, same RNG, same callback state): per-batch losses and
+uninterrupted run (same batches, same carried state, same RNG, same callback state: AdaptiveGradientClipping's
+gradient-norm history): per-batch losses and
 final parameters equal on CPU to float tolerance. Every shipped module with its data module."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_rnn import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention
+from lightning_rnn.callbacks import AdaptiveGradientClipping
 from lightning_rnn.checkpoint_io import SafeCheckpointIO
 from lightning_rnn.data import (
     BitStreamTaggingDataModule,
@@ -72,7 +74,9 @@ def _case(name: str, tmp: Path) -> tuple[Any, Any]:
 
 
 def _trainer(max_steps: int, callbacks: list, tmp: Path) -> Trainer:
-    return Trainer(max_steps=max_steps, callbacks=callbacks, logger=False, enable_progress_bar=False,
+    # a stateful callback whose state steers training: the clip threshold comes from the gradient-norm history
+    clip = AdaptiveGradientClipping(mode="quantile", quantile=0.5, window=50)
+    return Trainer(max_steps=max_steps, callbacks=[*callbacks, clip], logger=False, enable_progress_bar=False,
                    enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
                    val_check_interval=2, check_val_every_n_epoch=None, limit_val_batches=1,
                    plugins=[SafeCheckpointIO()], default_root_dir=tmp, accelerator="cpu", devices=1)

@@ -157,7 +157,8 @@ class AdaptiveTBPTT(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(bias_bound=self.bias_bound, min_steps=self.min_steps, max_steps=self.max_steps)
+        key = dict(bias_bound=self.bias_bound, min_steps=self.min_steps, max_steps=self.max_steps)
+        return f"{type(self).__qualname__}{key!r}"  # the format of Lightning's own callbacks
 
     @property
     def steps(self) -> int | None:

@@ -202,7 +202,8 @@ class GradientFlowMonitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps, max_lag=self.max_lag)
+        key = dict(every_n_steps=self.every_n_steps, max_lag=self.max_lag)
+        return f"{type(self).__qualname__}{key!r}"  # the format of Lightning's own callbacks
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -51,7 +51,8 @@ class LastCheckpoint(ModelCheckpoint):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(dirpath=self.dirpath, filename=self.filename, every_n_steps=self.every_n_steps)
+        key = {"dirpath": self.dirpath, "filename": self.filename, "every_n_steps": self.every_n_steps}
+        return f"{type(self).__qualname__}{key!r}"  # the format of Lightning's own callbacks
 
     def _path(self) -> str:
         return os.path.join(str(self.dirpath), f"{self.filename}{self.FILE_EXTENSION}")

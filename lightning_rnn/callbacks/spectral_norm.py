@@ -111,7 +111,8 @@ class SpectralNormMonitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps, exact=self.exact, modules=self.modules)
+        key = dict(every_n_steps=self.every_n_steps, exact=self.exact, modules=self.modules)
+        return f"{type(self).__qualname__}{key!r}"  # the format of Lightning's own callbacks
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

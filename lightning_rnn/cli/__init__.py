@@ -29,6 +29,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
 import lightning_rnn  # noqa: F401  (registers the shipped modules for `--model NAME`)
 import lightning_rnn.callbacks  # noqa: F401
 import lightning_rnn.data  # noqa: F401
@@ -67,7 +69,7 @@ def cli_main(args: Sequence[str] | None = None) -> Any:
         exit_with(err.message, err)
     except CheckpointError as err:
         exit_with(str(err), err)
-    except (ValueError, TypeError, FileNotFoundError, UnicodeDecodeError, OSError) as err:
+    except (ValueError, TypeError, FileNotFoundError, UnicodeDecodeError, OSError, MisconfigurationException) as err:
         # The library's argument checks raise ValueError/TypeError "Expected X, got Y": a user error.
         exit_with(one_line(err), err)
     except RuntimeError as err:

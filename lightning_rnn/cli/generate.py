@@ -17,6 +17,8 @@ from lightning_rnn.cli.vocab import VOCAB_KEY, vocab_from_checkpoint
 
 __all__ = ["generate_main", "load_language_model"]
 
+_LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
 
 def _checkpoint_class(checkpoint: dict[str, Any], what: str) -> type:
     """The LightningModule class the checkpoint was written by (``_class_path`` saved by the CLI), which must
@@ -50,6 +52,10 @@ def load_language_model(ckpt: str) -> tuple[LightningModule, Any]:
         raise CLIError(f"{what} has no vocabulary (neither in the data module's state nor under {VOCAB_KEY!r}): "
                        "train with `lightning-rnn fit` or add lightning_rnn.cli.VocabInCheckpoint() to your "
                        "Trainer's callbacks")
+    instantiator = checkpoint.get("hyper_parameters", {}).get("_instantiator")
+    if instantiator not in (None, _LIGHTNING_INSTANTIATOR):  # Lightning would import and call it
+        raise CLIError(f"{what} names {instantiator!r} as its instantiator (Lightning's is {_LIGHTNING_INSTANTIATOR!r}): "
+                       "refused, a checkpoint must not choose code to run")
     cls = _checkpoint_class(checkpoint, what)
     try:
         model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)

@@ -13,7 +13,7 @@ runs step by step.
   Their backward is not differentiable: a double backward (``create_graph=True``) raises.
 - :func:`gru_recurrence` — the same for GRU.
 - :func:`step_loop` — every cell, padded or packed rows, through ordinary autograd (slower, but any order
-  of derivatives): the tanh RNN and packed sequences use it.
+  of derivatives): the tanh RNN and ``RNNStack(second_order=True)`` use it.
 
 Zoneout with keep-previous weights z_t (N, H) (Bernoulli(p) draws in training, the constant p in eval):
 h_t = h̃_t + z_t ⊙ (h_{t-1} − h̃_t), and for LSTM c_t likewise with its own weights, where h̃_t, c̃_t are
@@ -37,7 +37,7 @@ __all__ = ["Zoneout", "autocast_dtype", "gru_recurrence", "lstm_recurrence", "st
 Zoneout = Tensor | float | None
 
 _DOUBLE_BACKWARD = (
-    "Double backward (create_graph=True) through RNNStack's per-step LSTM recurrence on padded input "
+    "Double backward (create_graph=True) through RNNStack's per-step LSTM recurrence "
     "(recurrent_dropout_mode='state' or zoneout) is not supported: its backward is hand-written. Construct "
     "the RNNStack with second_order=True (or set rnn.second_order = True) to run it through autograd, or use "
     "recurrent_dropout_mode='weight' and zoneout=0"

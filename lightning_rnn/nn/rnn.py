@@ -566,8 +566,20 @@ class RNNStack(nn.Module):
         self, x: Tensor, batch_sizes: Tensor | None, hx: State, layer: int, masks: _Masks
     ) -> tuple[Tensor, State]:
         """One layer (both directions) through the per-step recurrence (Gal's mask on h_{t-1}, zoneout):
-        precomputed input projection for the whole sequence, then a step loop with one product per step."""
+        precomputed input projection for the whole sequence, then a step loop with one product per step.
+
+        LSTM and GRU run the hand-written recurrences (unless ``second_order``); packed rows are padded for
+        them, and the steps past a row's length are frozen (h, c kept: zoneout weight 1), which is exactly
+        the packed recurrence; the tanh RNN and ``second_order`` run the autograd step loop."""
         lstm = self.cell == "lstm"
+        hand_written = self.cell != "rnn" and not self.second_order
+        frozen, lengths = None, None
+        if batch_sizes is not None and hand_written:
+            x, lengths = pad_packed_sequence(PackedSequence(x, batch_sizes), total_length=len(batch_sizes))
+            steps_idx = torch.arange(len(batch_sizes))
+            frozen = (steps_idx[:, None] >= lengths[None, :]).unsqueeze(-1)  # (L, N, 1): past the row's end
+            frozen = frozen.to(device=x.device, dtype=self._param_dtype)
+            batch_sizes = None
         outs, hs, cs = [], [], []
         for direction in range(self.num_directions):
             k = layer * self.num_directions + direction
@@ -580,7 +592,8 @@ class RNNStack(nn.Module):
             h0 = hx[0][direction] if lstm else hx[direction]
             c0 = hx[1][direction] if lstm else None
             mask, zh, zc = masks.state[k], masks.zoneout_h[k], masks.zoneout_c[k]
-            hand_written = batch_sizes is None and not self.second_order
+            if frozen is not None:
+                zh, zc = _freeze(zh, frozen), (_freeze(zc, frozen) if lstm else None)
             if lstm and hand_written:  # hand-written backward, one weight-gradient product
                 if direction == 1:  # run the reversed sequence; zoneout draws stay tied to time steps
                     xp, zh, zc = (z.flip(0) if isinstance(z, Tensor) else z for z in (xp, zh, zc))
@@ -604,6 +617,8 @@ class RNNStack(nn.Module):
             hs.append(h)
             cs.append(c)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+        if lengths is not None:  # back to packed rows
+            out = pack_padded_sequence(out, lengths).data
         h_n = torch.stack(hs)
         return out, ((h_n, torch.stack(cs)) if lstm else h_n)
 
@@ -647,6 +662,13 @@ def _cast_state(state: State, dtype: torch.dtype) -> State:
     if isinstance(state, tuple):
         return tuple(s.to(dtype) for s in state)  # type: ignore[return-value]
     return state.to(dtype)
+
+
+def _freeze(z: Zoneout, frozen: Tensor) -> Tensor:
+    """Zoneout weights with every frozen step (1 in ``frozen`` (L, N, 1)) keeping its previous value."""
+    if z is None:
+        return frozen
+    return z + (1 - z) * frozen  # (L, N, H) or, for the constant p of eval, (L, N, 1)
 
 
 def _keep_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,7 +149,8 @@ def test_without_a_bf16_lstm_kernel_the_fused_call_runs_in_float32():
         print("lowp-kernel", _cpu_lowp_lstm_ok(torch.bfloat16), out.dtype)
         """
     )
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": os.getcwd()}
+    root = str(Path(__file__).resolve().parents[2])  # the repository: import this checkout's lightning_rnn
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": root}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     if "lowp-kernel False" in res.stdout:  # (a oneDNN build may ignore ONEDNN_MAX_CPU_ISA)

@@ -177,11 +177,11 @@ def test_hand_written_recurrence_refuses_double_backward_clearly(cell, kwargs):
 
 @pytest.mark.parametrize(
     ("cell", "lengths", "second_order"),
-    [("rnn", None, False), ("gru", [3, 2], False), ("lstm", [3, 2], False), ("lstm", None, True),
-     ("gru", None, True)],
+    [("rnn", None, False), ("rnn", [3, 2], False), ("gru", [3, 2], True), ("lstm", [3, 2], True),
+     ("lstm", None, True), ("gru", None, True)],
 )
 def test_autograd_step_loop_supports_double_backward(float64, cell, lengths, second_order):
-    """The tanh RNN, packed (lengths) inputs and ``second_order=True`` run the autograd step loop: any order."""
+    """The tanh RNN and ``second_order=True`` run the autograd step loop: any order of derivatives."""
     m = RNNStack(cell, 3, 3, zoneout=0.2, recurrent_dropout=0.3, recurrent_dropout_mode="state",
                  second_order=second_order)
     m.mc_dropout = True  # masks drawn in eval too; the seed fixes them
@@ -200,3 +200,24 @@ def test_autograd_step_loop_supports_double_backward(float64, cell, lengths, sec
             out_autograd = fn(x, w)
             m.second_order = False
             torch.testing.assert_close(fn(x, w), out_autograd, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_packed_rows_through_the_hand_written_recurrence_equal_the_autograd_loop(float64, cell):
+    """With lengths, LSTM/GRU pad the rows and freeze the steps past each row's end: the same function (values
+    and gradients, final states at each row's last step) as the packed autograd step loop."""
+    kw = {"zoneout": 0.2, "recurrent_dropout": 0.3, "recurrent_dropout_mode": "state", "bidirectional": True}
+    m = RNNStack(cell, F, H, 2, **kw)
+    ref = RNNStack(cell, F, H, 2, second_order=True, **kw)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(N, L, F, requires_grad=True)
+    lengths = torch.tensor([3, L, 1, 5])
+    results = []
+    for model in (m, ref):
+        torch.manual_seed(4)
+        out, s = model(x, lengths=lengths)
+        parts = list(s) if cell == "lstm" else [s]
+        loss = out.square().sum() + sum((p * torch.arange(p.numel()).view_as(p)).sum() for p in parts)
+        results.append([out, *parts, *torch.autograd.grad(loss, [x, *model.parameters()])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
