@@ -234,7 +234,7 @@ def plot(results: list[dict[str, Any]], rows: list[str], path: Path, budget: str
         runs = [r["curves"] for r in results if r["row"] == row]
         n = min(len(c) for c in runs)
         steps = [runs[0][i]["step"] for i in range(n)]
-        style = dict(lw=2.2, color="black") if row == "full" else dict(lw=2.0, color="tab:red", ls="--") \
+        style = dict(lw=2.2, color="black", zorder=3) if row == "full" else dict(lw=2.0, color="tab:red", ls="--") \
             if row == "no regularization" else dict(lw=1.2)
         for ax, key in ((ax_train, "train_ce"), (ax_val, "val_ce")):
             mean = [math.exp(statistics.fmean(c[i][key] for c in runs)) for i in range(n)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -458,7 +459,8 @@ class TokenCorpus:
             vocab = CharVocab.from_codepoint_counts(torch.from_numpy(counts), min_freq=min_freq, max_size=max_size)
         dtype = token_dtype(len(vocab))
         singles = {ord(t): i for i, t in enumerate(vocab.itos) if len(t) == 1}
-        table = np.full(max(singles, default=0) + 1, vocab.unk_id, dtype=dtype)
+        # code point -> id; one <unk> entry past the largest known code point catches every larger one (clip)
+        table = np.full(max(singles, default=0) + 2, vocab.unk_id, dtype=dtype)
         table[list(singles)] = list(singles.values())
         offsets, n, last_doc = [], 0, -1
         with open(out / "tokens.bin", "wb") as f:
@@ -466,24 +468,24 @@ class TokenCorpus:
                 if doc != last_doc:
                     offsets.append(n)
                     last_doc = doc
-                cps = _char_codepoints(piece)
-                ids = table[np.minimum(cps, table.size - 1)]
-                unknown = cps >= table.size
-                if unknown.any():
-                    ids[unknown] = vocab.unk_id
+                ids = np.take(table, _char_codepoints(piece), mode="clip")
                 f.write(memoryview(ids))
                 n += ids.size
         return vocab, n, offsets
 
     @staticmethod
     def _build_words(parts, out, vocab, fractions, min_freq, max_size, max_chars, chunk_bytes):
-        # pass 1: whitespace tokens -> provisional ids (first-seen order), written to disk as uint32
+        # pass 1: whitespace tokens -> provisional ids (one per distinct word, in no particular order: the final
+        # ids come from the vocabulary), written to disk as uint32
         first_seen: dict[str, int] = {}
         offsets, n, last_doc, carry = [], 0, -1, ""
         prov_path = out / "provisional.u32"
 
         def write(tokens: list[str], f) -> int:
-            ids = np.fromiter((first_seen.setdefault(t, len(first_seen)) for t in tokens), np.uint32, len(tokens))
+            new = set(tokens).difference(first_seen)  # C-level loops only: set, dict update, map
+            if new:
+                first_seen.update(zip(new, range(len(first_seen), len(first_seen) + len(new))))
+            ids = np.fromiter(map(first_seen.__getitem__, tokens), np.uint32, len(tokens))
             f.write(memoryview(ids))
             return len(tokens)
 
@@ -514,7 +516,7 @@ class TokenCorpus:
                 {w: int(c) for w, c in zip(words, counts.tolist()) if c}, min_freq=min_freq, max_size=max_size
             )
         dtype = token_dtype(len(vocab))
-        table = np.fromiter((vocab.stoi.get(w, vocab.unk_id) for w in words), dtype, len(words))
+        table = np.fromiter(map(vocab.stoi.get, words, itertools.repeat(vocab.unk_id)), dtype, len(words))
         del words
         with open(out / "tokens.bin", "wb") as f:  # pass 2: provisional -> final ids
             for a in range(0, n, step):

@@ -19,6 +19,7 @@ from lightning_rnn.data.corpus import (
     TokenCorpus,
     _check_max_bytes,
     default_cache_dir,
+    resolve_text_source,
     split_sizes,
     stdlib_corpus_files,
 )
@@ -406,7 +407,9 @@ class TextStreamDataModule(LightningDataModule):
         """Tokenise a file / directory source into the on-disk cache (once; Lightning runs this on one process
         per node, before :meth:`setup` on every rank)."""
         if self.cache and self._splits is None:
-            self._corpus()
+            source, _ = self._source_spec()
+            if not any(isinstance(part, str) for part in resolve_text_source(source, pattern=self.pattern)):
+                self._corpus()  # a literal-string source is tokenised in memory by setup() instead
 
     def setup(self, stage: str | None = None) -> None:
         """Open the tokenised source (building it when :meth:`prepare_data` did not), split it, and set

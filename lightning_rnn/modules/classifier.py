@@ -186,9 +186,10 @@ class RNNClassifier(_RecurrentTask):
         accumulators or None}``. Feeding a sequence in pieces with the state carried gives the logits of the
         whole sequence (TBPTT evaluation and :meth:`predict_step` do exactly that).
         """
-        if lengths is None:
-            lengths = torch.full((inputs.shape[0],), inputs.shape[1], dtype=torch.long, device=inputs.device)
-        summary, state = self._chunk_summary(inputs, lengths.to(inputs.device), state)  # (N, D*H)
+        # lengths=None: the unpacked full-length path (what torch.export / ONNX trace)
+        summary, state = self._chunk_summary(
+            inputs, lengths.to(inputs.device) if lengths is not None else None, state
+        )  # (N, D*H)
         return self.head(self.dropout(summary)), state  # (N, C)
 
     def predict_chunk(self, chunk: Any, state: Any) -> tuple[Tensor, Any]:

@@ -178,6 +178,10 @@ def test_given_vocabulary_and_compact_dtypes(tmp_path):
     assert given.ids.dtype == np.uint16 and given.vocab == big
     torch.testing.assert_close(given.tensor().long(), big.encode("abcabc" * 50))
     assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.uint32
+    (tmp_path / "u.txt").write_text("ab\u00e9c\U0001F600a\x01b" * 3, encoding="utf-8")  # unknown: below and above
+    small = CharVocab.build("\u00e0cab")
+    unknown = TokenCorpus.load(tmp_path / "u.txt", level="char", vocab=small, cache_dir=None)
+    torch.testing.assert_close(unknown.tensor().long(), small.encode("ab\u00e9c\U0001F600a\x01b" * 3))
 
 
 # ------------------------------------------------------------------------------ invalidation
