@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from lightning_rnn._validation import check_float, check_int
 from lightning_rnn.functional.clipping import (
     ClipRule,
     QuantileClipRule,
@@ -209,44 +210,22 @@ class AdaptiveGradientClipping(Callback):
     ) -> None:
         if not isinstance(mode, ClipRule) and (not isinstance(mode, str) or mode not in _MODES):
             raise ValueError(f"Expected mode to be one of {_MODES} or a ClipRule object, got {mode!r}")
-        if not isinstance(quantile, (int, float)) or not 0.0 < quantile <= 1.0:
-            raise ValueError(f"Expected quantile in (0, 1], got {quantile!r}")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise ValueError(f"Expected window to be None or an int >= 1, got {window!r}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"Expected warmup_steps to be an int >= 0, got {warmup_steps!r}")
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"Expected alpha in (0, 1), got {alpha!r}")
-        if not z_threshold > 0.0:
-            raise ValueError(f"Expected z_threshold > 0, got {z_threshold!r}")
-        if not agc_lambda > 0.0:
-            raise ValueError(f"Expected agc_lambda > 0, got {agc_lambda!r}")
-        if not agc_eps > 0.0:
-            raise ValueError(f"Expected agc_eps > 0, got {agc_eps!r}")
+        check_float("quantile", quantile, min=0.0, max=1.0, min_inclusive=False)
+        check_int("window", window, min=1, allow_none=True)
+        check_int("warmup_steps", warmup_steps, min=0)
+        check_float("alpha", alpha, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
+        for name, value in (("z_threshold", z_threshold), ("agc_lambda", agc_lambda), ("agc_eps", agc_eps)):
+            check_float(name, value, min=0.0, min_inclusive=False)
         if agc_exclude is not None:
             if isinstance(agc_exclude, str) or not all(isinstance(x, str) for x in agc_exclude):
                 raise TypeError(
                     f"Expected agc_exclude to be None or a list of parameter-name prefixes, got {agc_exclude!r}"
                 )
             agc_exclude = list(agc_exclude)
-        if max_norm is not None and not max_norm > 0.0:
-            raise ValueError(f"Expected max_norm > 0 or None, got {max_norm!r}")
-        if not norm_type > 0.0:
-            raise ValueError(f"Expected norm_type > 0 (or inf), got {norm_type!r}")
-        if (
-            isinstance(max_nonfinite_steps, bool)
-            or not isinstance(max_nonfinite_steps, int)
-            or max_nonfinite_steps < 1
-        ):
-            raise ValueError(f"Expected max_nonfinite_steps to be an int >= 1, got {max_nonfinite_steps!r}")
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool)
-            or not isinstance(log_every_n_steps, int)
-            or log_every_n_steps < 1
-        ):
-            raise ValueError(
-                f"Expected log_every_n_steps to be None or an int >= 1, got {log_every_n_steps!r}"
-            )
+        check_float("max_norm", max_norm, min=0.0, min_inclusive=False, allow_none=True)
+        check_float("norm_type", norm_type, min=0.0, min_inclusive=False, finite=False)
+        check_int("max_nonfinite_steps", max_nonfinite_steps, min=1)
+        check_int("log_every_n_steps", log_every_n_steps, min=1, allow_none=True)
 
         # `mode` is the rule's name: a named rule's, or the class name of a rule object.
         self.mode: str = mode if isinstance(mode, str) else type(mode).__name__

@@ -9,6 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from typing_extensions import override
 
+from lightning_rnn._validation import check_float, check_int, check_probability
 from lightning_rnn.callbacks._schedule import next_bucket
 from lightning_rnn.callbacks.gradient_flow import on_rank_zero, probe_support_error, warn_probe_result
 from lightning_rnn.functional.gradient_flow import measure_gradient_flow
@@ -17,11 +18,6 @@ from lightning_rnn.functional.truncation import choose_truncation
 from lightning_rnn.modules.tbptt import TBPTTModule
 
 __all__ = ["AdaptiveTBPTT"]
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
 
 
 class AdaptiveTBPTT(Callback):
@@ -107,22 +103,18 @@ class AdaptiveTBPTT(Callback):
         floor: float = 1e-12,
         probe_batch: Any = None,
     ) -> None:
-        _positive_int("every_n_steps", every_n_steps)
-        _positive_int("min_steps", min_steps)
-        _positive_int("max_steps", max_steps)
+        check_int("every_n_steps", every_n_steps, min=1)
+        check_int("min_steps", min_steps, min=1)
+        check_int("max_steps", max_steps, min=1)
         if min_steps > max_steps:
             raise ValueError(f"Expected min_steps <= max_steps, got min_steps={min_steps} > max_steps={max_steps}")
         for name, value in (("bias_bound", bias_bound), ("tail_fraction", tail_fraction), ("floor", floor)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-                raise ValueError(f"Expected {name} in the open interval (0, 1), got {value!r}")
+            check_float(name, value, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
         if probe_steps is not None:
-            _positive_int("probe_steps", probe_steps)
-        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"Expected smoothing in (0, 1], got {smoothing!r}")
-        if isinstance(max_change, bool) or not isinstance(max_change, (int, float)) or not max_change >= 1.0:
-            raise ValueError(f"Expected max_change >= 1, got {max_change!r}")
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0.0 <= tolerance < 1.0:
-            raise ValueError(f"Expected tolerance in [0, 1), got {tolerance!r}")
+            check_int("probe_steps", probe_steps, min=1)
+        check_float("smoothing", smoothing, min=0.0, max=1.0, min_inclusive=False)
+        check_float("max_change", max_change, min=1.0)
+        check_probability("tolerance", tolerance)
         self.every_n_steps = every_n_steps
         self.bias_bound = float(bias_bound)
         self.min_steps = min_steps
@@ -134,14 +126,8 @@ class AdaptiveTBPTT(Callback):
         self.tail_fraction = float(tail_fraction)
         self.floor = float(floor)
         self.probe_batch = probe_batch
-        if num_targets is not None and (
-            isinstance(num_targets, bool) or not isinstance(num_targets, int) or num_targets < 1
-        ):
-            raise ValueError(f"Expected num_targets to be an int >= 1 or None, got {num_targets!r}")
-        if backward_passes is not None and (
-            isinstance(backward_passes, bool) or not isinstance(backward_passes, int) or backward_passes < 1
-        ):
-            raise ValueError(f"Expected backward_passes to be an int >= 1 or None, got {backward_passes!r}")
+        check_int("num_targets", num_targets, min=1, allow_none=True)
+        check_int("backward_passes", backward_passes, min=1, allow_none=True)
         self.num_targets = num_targets
         self.backward_passes = backward_passes
         self._warned: set[str] = set()

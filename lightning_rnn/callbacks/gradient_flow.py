@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 from typing_extensions import override
 
+from lightning_rnn._validation import check_bool, check_float, check_int
 from lightning_rnn.callbacks._plotting import lag_step_heatmap
 from lightning_rnn.callbacks._schedule import logger_step, next_bucket
 from lightning_rnn.functional.gradient_flow import GradientFlowResult, measure_gradient_flow
@@ -168,20 +169,11 @@ class GradientFlowMonitor(Callback):
         per_layer: bool = False,
         heatmap: bool = True,
     ) -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"Expected every_n_steps to be a positive int, got {every_n_steps!r}")
-        if max_lag is not None and (isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 1):
-            raise ValueError(f"Expected max_lag to be an int >= 1 or None, got {max_lag!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < float(eps) < 1.0:
-            raise ValueError(f"Expected eps in the open interval (0, 1), got {eps!r}")
-        if num_targets is not None and (
-            isinstance(num_targets, bool) or not isinstance(num_targets, int) or num_targets < 1
-        ):
-            raise ValueError(f"Expected num_targets to be an int >= 1 or None, got {num_targets!r}")
-        if backward_passes is not None and (
-            isinstance(backward_passes, bool) or not isinstance(backward_passes, int) or backward_passes < 1
-        ):
-            raise ValueError(f"Expected backward_passes to be an int >= 1 or None, got {backward_passes!r}")
+        check_int("every_n_steps", every_n_steps, min=1)
+        check_int("max_lag", max_lag, min=1, allow_none=True)
+        check_float("eps", eps, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
+        check_int("num_targets", num_targets, min=1, allow_none=True)
+        check_int("backward_passes", backward_passes, min=1, allow_none=True)
         lags = list(log_lags)
         if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in lags):
             raise ValueError(f"Expected log_lags to be non-negative ints, got {log_lags!r}")
@@ -192,8 +184,8 @@ class GradientFlowMonitor(Callback):
         self.backward_passes = backward_passes
         self.probe_batch = probe_batch
         self.log_lags = tuple(sorted(set(lags)))
-        self.per_layer = bool(per_layer)
-        self.heatmap = bool(heatmap)
+        self.per_layer = check_bool("per_layer", per_layer)
+        self.heatmap = check_bool("heatmap", heatmap)
         self.history: list[dict[str, Any]] = []  #: one entry per probe: step, normalized curve, g0, horizon
         self.last: GradientFlowResult | None = None  #: the latest probe's result
         self._last_bucket: int | None = None

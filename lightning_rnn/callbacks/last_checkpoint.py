@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_rnn._validation import check_int
+
 __all__ = ["LastCheckpoint"]
 
 
@@ -39,8 +41,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str | os.PathLike[str] | None = None, every_n_steps: int = 100,
                  filename: str = "last") -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"Expected every_n_steps to be an int >= 1, got {every_n_steps!r}")
+        check_int("every_n_steps", every_n_steps, min=1)
+        if dirpath is not None and not isinstance(dirpath, str | os.PathLike):
+            raise ValueError(f"Expected dirpath to be a path (str or os.PathLike) or None, got {dirpath!r}")
         if not filename:
             raise ValueError(f"Expected a non-empty filename, got {filename!r}")
         super().__init__(dirpath=dirpath, filename=filename, save_top_k=0, every_n_epochs=0,

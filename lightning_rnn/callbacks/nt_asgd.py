@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from typing_extensions import override
 
+from lightning_rnn._validation import check_int
+
 __all__ = ["NTASGD"]
 
 _MODES = ("min", "max")
@@ -82,8 +84,7 @@ class NTASGD(Callback):
 
     def __init__(self, n: int = 5, monitor: str = "val/loss", mode: str = "min") -> None:
         super().__init__()
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"Expected n to be a positive int, got {n!r}")
+        check_int("n", n, min=1)
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"Expected monitor to be a metric name, got {monitor!r}")
         if mode not in _MODES:

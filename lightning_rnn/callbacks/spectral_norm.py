@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_rnn._validation import check_bool, check_int
 from lightning_rnn.callbacks._schedule import logger_step, next_bucket
 from lightning_rnn.functional.spectral import (
     BlockSpectralNorm,
@@ -19,12 +20,6 @@ from lightning_rnn.functional.spectral import (
 )
 
 __all__ = ["SpectralNormMonitor"]
-
-
-def _check_every_n_steps(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected every_n_steps to be a positive int, got {value!r}")
-    return value
 
 
 class SpectralNormMonitor(Callback):
@@ -88,18 +83,17 @@ class SpectralNormMonitor(Callback):
         num_iters: int = 2,
         warmup_iters: int = 50,
     ) -> None:
-        self.every_n_steps = _check_every_n_steps(every_n_steps)
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, min=1)
         if isinstance(modules, str):
             modules = [modules]
         if modules is not None and not all(isinstance(m, str) for m in modules):
             raise TypeError(f"Expected modules to be a sequence of module paths (str) or None, got {modules!r}")
         for name, value in (("num_iters", num_iters), ("warmup_iters", warmup_iters)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
-        self.exact = bool(exact)
+            check_int(name, value, min=1)
+        self.exact = check_bool("exact", exact)
         self.modules = list(modules) if modules is not None else None
-        self.warn_on_explode = bool(warn_on_explode)
-        self.log_bound_ratios = bool(log_bound_ratios)
+        self.warn_on_explode = check_bool("warn_on_explode", warn_on_explode)
+        self.log_bound_ratios = check_bool("log_bound_ratios", log_bound_ratios)
         self.num_iters = num_iters
         self.warmup_iters = warmup_iters
         self._weights: list[RecurrentWeight] = []

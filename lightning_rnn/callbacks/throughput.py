@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
+from lightning_rnn._validation import check_bool, check_int
+
 __all__ = ["TokensPerSecond"]
 
 
@@ -52,10 +54,9 @@ class TokensPerSecond(Callback):
     """
 
     def __init__(self, window: int = 20, prog_bar: bool = True) -> None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"Expected window to be an int >= 1, got {window!r}")
+        check_int("window", window, min=1)
         self.window = window
-        self.prog_bar = prog_bar
+        self.prog_bar = check_bool("prog_bar", prog_bar)
         self._times: deque[tuple[float, int]] = deque(maxlen=window)
         self._start: float | None = None
 

@@ -7,13 +7,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from lightning_rnn._validation import check_bool, check_int
+
 __all__ = ["BucketBatchSampler"]
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
-    return value
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -73,8 +69,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        self.batch_size = _positive_int("batch_size", batch_size)
-        _positive_int("bucket_size_multiplier", bucket_size_multiplier)
+        self.batch_size = check_int("batch_size", batch_size, min=1)
+        check_int("bucket_size_multiplier", bucket_size_multiplier, min=1)
         self.lengths = [int(n) for n in (lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths)]
         if any(n < 0 for n in self.lengths):
             raise ValueError(f"Expected lengths >= 0, got {min(self.lengths)}")
@@ -83,14 +79,13 @@ class BucketBatchSampler(Sampler[list[int]]):
                 f"Expected num_replicas and rank given together, got num_replicas={num_replicas!r}, rank={rank!r}"
             )
         if num_replicas is not None:
-            _positive_int("num_replicas", num_replicas)
-            if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
-                raise ValueError(f"Expected rank in [0, {num_replicas}), got {rank!r}")
-        self.shuffle = shuffle
+            check_int("num_replicas", num_replicas, min=1)
+            check_int("rank", rank, min=0, max=num_replicas - 1)
+        self.shuffle = check_bool("shuffle", shuffle)
         self.bucket_size_multiplier = bucket_size_multiplier
         self.pool = batch_size * bucket_size_multiplier  # a multiple of batch_size: only the last batch is short
-        self.drop_last = drop_last
-        self.seed = seed
+        self.drop_last = check_bool("drop_last", drop_last)
+        self.seed = check_int("seed", seed)
         self.num_replicas = num_replicas or 1
         self.rank = rank or 0
         self.epoch = 0

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightning_rnn._validation import check_int
 from lightning_rnn.data.vocab import CharVocab, Vocab, WordVocab
 
 __all__ = [
@@ -229,8 +230,11 @@ def read_text_source(
 
 
 def _check_max_bytes(max_bytes: object) -> None:
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
-        raise ValueError(f"Expected max_bytes to be an int >= 1 or None (no limit), got {max_bytes!r}")
+    if max_bytes is not None:  # the message says what None means: 0 or negative must not read as "no limit"
+        try:
+            check_int("max_bytes", max_bytes, min=1)
+        except ValueError:
+            raise ValueError(f"Expected max_bytes to be an int >= 1 or None (no limit), got {max_bytes!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------- token cache

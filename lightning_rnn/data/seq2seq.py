@@ -18,12 +18,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_rnn.data.synthetic import _check_int, _GeneratedDataModule
+from lightning_rnn._validation import check_bool, check_int
+from lightning_rnn.data.synthetic import _GeneratedDataModule
 
 __all__ = ["SPECIALS", "Seq2SeqCollate", "ReversalDataModule", "ReversalDataset", "seq2seq_collate"]
 
 #: default special ids used by the helpers here: PAD=0, BOS=1, EOS=2 (symbols start at 3)
 SPECIALS = {"pad": 0, "bos": 1, "eos": 2}
+
+
+def _check_ids(pad_id: int, bos_id: int, eos_id: int, src_eos: bool) -> None:
+    check_bool("src_eos", src_eos)
+    for name, value in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
+        check_int(name, value, min=0)
+    if pad_id == eos_id:
+        raise ValueError(f"Expected pad_id different from eos_id (padding would hide every EOS), got {pad_id} for both")
 
 
 def seq2seq_collate(
@@ -52,6 +61,7 @@ def seq2seq_collate(
         >>> b["tgt_in"].tolist(), b["tgt_out"].tolist()
         ([[1, 7, 6, 5], [1, 8, 0, 0]], [[7, 6, 5, 2], [8, 2, 0, 0]])
     """
+    _check_ids(pad_id, bos_id, eos_id, src_eos)
     if len(pairs) == 0:
         raise ValueError("Expected at least one (source, target) pair, got an empty list")
     srcs = [list(s) + ([eos_id] if src_eos else []) for s, _ in pairs]
@@ -75,6 +85,7 @@ class Seq2SeqCollate:
     """Picklable ``collate_fn`` wrapper around :func:`seq2seq_collate` (for ``DataLoader(num_workers>0)``)."""
 
     def __init__(self, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, src_eos: bool = False) -> None:
+        _check_ids(pad_id, bos_id, eos_id, src_eos)
         self.kwargs = {"pad_id": pad_id, "bos_id": bos_id, "eos_id": eos_id, "src_eos": src_eos}
 
     def __call__(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[str, Tensor]:
@@ -105,8 +116,12 @@ class ReversalDataset(Dataset):
         offset: int = 3,
         seed: int = 0,
     ) -> None:
-        if num_samples < 1 or num_symbols < 1:
-            raise ValueError(f"Expected num_samples >= 1 and num_symbols >= 1, got {num_samples} and {num_symbols}")
+        check_int("num_samples", num_samples, min=1)
+        check_int("num_symbols", num_symbols, min=1)
+        check_int("min_len", min_len, min=1)
+        check_int("max_len", max_len, min=1)
+        check_int("offset", offset, min=0)
+        check_int("seed", seed)
         if not 1 <= min_len <= max_len:
             raise ValueError(f"Expected 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
         g = torch.Generator().manual_seed(seed)
@@ -174,9 +189,9 @@ class ReversalDataModule(_GeneratedDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        _check_int("num_symbols", num_symbols, 1)
-        _check_int("train_max_len", train_max_len, 1)
-        _check_int("test_max_len", test_max_len, 1)
+        check_int("num_symbols", num_symbols, min=1)
+        check_int("train_max_len", train_max_len, min=1)
+        check_int("test_max_len", test_max_len, min=1)
         super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed, num_workers)
         self.num_symbols = num_symbols
         self.train_max_len, self.test_max_len = train_max_len, test_max_len

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_rnn._validation import check_bool, check_int, check_probability
 from lightning_rnn.data.corpus import (
     TokenCorpus,
     _check_max_bytes,
@@ -41,10 +42,11 @@ def batchify(tokens: Tensor, rows: int) -> Tensor:
     Inputs: tokens ``(M,)``.
     Outputs: a view ``(rows, M // rows)``.
     """
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise ValueError(f"Expected rows to be a positive int, got {rows!r}")
+    check_int("rows", rows, min=1)
     if tokens.dim() != 1:
         raise ValueError(f"Expected a 1-D token stream, got shape {tuple(tokens.shape)}")
+    if tokens.numel() < rows:
+        raise ValueError(f"Expected rows <= the number of tokens ({tokens.numel()}), got {rows}")
     n = tokens.numel() // rows
     return tokens[: n * rows].view(rows, n)
 
@@ -86,8 +88,7 @@ class StreamChunks(Dataset):
         super().__init__()
         if streams.dim() != 2:
             raise ValueError(f"Expected streams of shape (B, n), got {tuple(streams.shape)}")
-        if isinstance(bptt, bool) or not isinstance(bptt, int) or bptt < 1:
-            raise ValueError(f"Expected bptt to be a positive int, got {bptt!r}")
+        check_int("bptt", bptt, min=1)
         if streams.is_floating_point() or streams.is_complex() or streams.dtype == torch.bool:
             raise TypeError(f"Expected integer token ids as streams, got dtype {streams.dtype}")
         if doc_starts is not None and doc_starts.dtype == torch.bool and doc_starts.shape != streams.shape:
@@ -104,7 +105,7 @@ class StreamChunks(Dataset):
         self.streams = streams
         self.bptt = bptt
         self.doc_starts = doc_starts
-        self.drop_last = drop_last
+        self.drop_last = check_bool("drop_last", drop_last)
 
     def __len__(self) -> int:
         steps = max(0, self.streams.shape[1] - 1)  # positions that have a target
@@ -291,28 +292,25 @@ class TextStreamDataModule(LightningDataModule):
         _check_max_bytes(max_bytes)  # 0 or negative must not mean "everything"
         if predict_split not in _SPLITS:
             raise ValueError(f"Expected predict_split in {list(_SPLITS)}, got {predict_split!r}")
-        if not isinstance(cache, bool):
-            raise ValueError(f"Expected cache to be a bool, got {cache!r}")
+        check_bool("cache", cache)
         for name, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size)):
             if name == "eval_batch_size" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"Expected num_workers to be an int >= 0, got {num_workers!r}")
+            check_int(name, value, min=1)
+        check_int("num_workers", num_workers, min=0)
+        check_int("min_freq", min_freq, min=1)
+        check_int("max_size", max_size, min=1, allow_none=True)
         if level is not None and level not in _LEVELS:
             raise ValueError(f"Expected level in {sorted(_LEVELS)}, got {level!r}")
         for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac < 1:
-                raise ValueError(f"Expected {name} in [0, 1), got {frac!r}")
+            check_probability(name, frac)
         if val_fraction + test_fraction >= 1:
             raise ValueError(f"Expected val_fraction + test_fraction < 1, got {val_fraction + test_fraction}")
-        if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
-            raise ValueError(f"Expected world_size to be a positive int, got {world_size!r}")
+        check_int("world_size", world_size, min=1, allow_none=True)
         if (rank is None) != (world_size is None):
             raise ValueError(f"Expected rank and world_size given together, got rank={rank!r}, world_size={world_size!r}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size):
-            raise ValueError(f"Expected rank in [0, {world_size}), got {rank!r}")
+        if rank is not None:
+            check_int("rank", rank, min=0, max=world_size - 1)
         if isinstance(vocab, str | Path):
             vocab = Vocab.load(vocab)
         if vocab is not None and not isinstance(vocab, Vocab):
@@ -332,11 +330,11 @@ class TextStreamDataModule(LightningDataModule):
         self.max_size = max_size
         self.max_bytes = max_bytes
         self.pattern = pattern
-        self.mark_documents = mark_documents
+        self.mark_documents = check_bool("mark_documents", mark_documents)
         self.eval_batch_size = eval_batch_size
-        self.drop_last = drop_last
+        self.drop_last = check_bool("drop_last", drop_last)
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.pin_memory = check_bool("pin_memory", pin_memory)
         self.rank = rank
         self.world_size = world_size
         self.cache = cache

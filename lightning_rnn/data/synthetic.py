@@ -19,6 +19,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_rnn._validation import check_int
 from lightning_rnn.data.collate import pad_collate
 from lightning_rnn.data.loaders import eval_loader, train_loader
 
@@ -26,14 +27,6 @@ __all__ = ["BIT_TASKS", "BitStreamTaggingDataModule", "make_bit_streams"]
 
 #: the tasks :func:`make_bit_streams` generates
 BIT_TASKS = ("parity", "delay")
-
-
-def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
-    """``ValueError`` "Expected <name> to be an int >= <low>, got ..." (``optional``: None is accepted)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Expected {name} to be an int >= {low}{' or None' if optional else ''}, got {value!r}")
 
 
 class _GeneratedDataModule(LightningDataModule):
@@ -48,12 +41,13 @@ class _GeneratedDataModule(LightningDataModule):
     def __init__(self, num_train: int, num_val: int, num_test: int, batch_size: int, eval_batch_size: int,
                  seed: int, num_workers: int) -> None:
         super().__init__()
-        _check_int("num_train", num_train, 1)
-        _check_int("num_val", num_val, 0)
-        _check_int("num_test", num_test, 0)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("eval_batch_size", eval_batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
+        check_int("num_train", num_train, min=1)
+        check_int("num_val", num_val, min=0)
+        check_int("num_test", num_test, min=0)
+        check_int("batch_size", batch_size, min=1)
+        check_int("eval_batch_size", eval_batch_size, min=1)
+        check_int("num_workers", num_workers, min=0)
+        check_int("seed", seed)
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.num_workers = seed, num_workers
@@ -127,9 +121,12 @@ def make_bit_streams(task: str, n: int, length: int, delay: int = 15, seed: int 
     """
     if task not in BIT_TASKS:
         raise ValueError(f"Expected task in {BIT_TASKS}, got {task!r}")
-    _check_int("n", n, 1)
-    _check_int("length", length, 2)
-    _check_int("delay", delay, 1)
+    check_int("n", n, min=1)
+    check_int("length", length, min=2)
+    check_int("delay", delay, min=1)
+    check_int("seed", seed)
+    if task == "delay" and delay >= length:
+        raise ValueError(f"Expected delay < length ({length}) for task='delay' (else every label is 0), got {delay}")
     g = torch.Generator().manual_seed(seed)
     items = []
     for _ in range(n):
@@ -190,8 +187,10 @@ class BitStreamTaggingDataModule(_GeneratedDataModule):
     ) -> None:
         if task not in BIT_TASKS:
             raise ValueError(f"Expected task in {BIT_TASKS}, got {task!r}")
-        _check_int("length", length, 2)
-        _check_int("delay", delay, 1)
+        check_int("length", length, min=2)
+        check_int("delay", delay, min=1)
+        if task == "delay" and delay >= length:
+            raise ValueError(f"Expected delay < length ({length}) for task='delay' (else every label is 0), got {delay}")
         super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed, num_workers)
         self.task, self.length, self.delay = task, length, delay
 

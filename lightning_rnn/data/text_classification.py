@@ -21,10 +21,10 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_rnn._validation import check_int, check_probability
 from lightning_rnn.data.collate import pad_collate
 from lightning_rnn.data.corpus import _read_file, read_text_source, stdlib_source_dir
 from lightning_rnn.data.loaders import eval_loader, train_loader
-from lightning_rnn.data.synthetic import _check_int
 from lightning_rnn.data.vocab import CharVocab, Vocab
 
 __all__ = [
@@ -38,6 +38,15 @@ __all__ = [
 DEFAULT_STDLIB_PACKAGES = ("asyncio", "email", "http", "multiprocessing", "unittest", "xml")
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 _SOURCE_HINT = "a TSV file (label<TAB>text per line) or a directory with one sub-directory per class"
+
+
+def _check_packages(packages: Any) -> list[str]:
+    if isinstance(packages, str) or not all(isinstance(p, str) for p in packages):
+        raise ValueError(f"Expected packages to be a list of stdlib package names, got {packages!r}")
+    packages = list(packages)
+    if len(packages) < 2 or len(set(packages)) != len(packages):
+        raise ValueError(f"Expected packages to be at least 2 distinct stdlib packages, got {packages}")
+    return packages
 
 
 def stdlib_snippets(
@@ -68,11 +77,9 @@ def stdlib_snippets(
         >>> [label for label, _ in items], {len(text) for _, text in items}
         (['json', 'json', 'json', 'email', 'email', 'email'], {50})
     """
-    _check_int("snippet_length", snippet_length, 1)
-    _check_int("samples_per_class", samples_per_class, 1)
-    packages = list(packages)
-    if len(packages) < 2 or len(set(packages)) != len(packages):
-        raise ValueError(f"Expected at least 2 distinct stdlib packages, got {packages}")
+    check_int("snippet_length", snippet_length, min=1)
+    check_int("samples_per_class", samples_per_class, min=1)
+    packages = _check_packages(packages)
     root = stdlib_source_dir()
     g = torch.Generator().manual_seed(seed)
     out: list[tuple[str, str]] = []
@@ -212,15 +219,15 @@ class TextClassificationDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1)
-        _check_int("eval_batch_size", eval_batch_size, 1, optional=True)
-        _check_int("max_length", max_length, 1, optional=True)
-        _check_int("samples_per_class", samples_per_class, 1, optional=True)
-        _check_int("min_freq", min_freq, 1)
-        _check_int("num_workers", num_workers, 0)
+        check_int("batch_size", batch_size, min=1)
+        check_int("eval_batch_size", eval_batch_size, min=1, allow_none=True)
+        check_int("max_length", max_length, min=1, allow_none=True)
+        check_int("samples_per_class", samples_per_class, min=1, allow_none=True)
+        check_int("min_freq", min_freq, min=1)
+        check_int("num_workers", num_workers, min=0)
+        check_int("seed", seed)
         for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac < 1:
-                raise ValueError(f"Expected {name} in [0, 1), got {frac!r}")
+            check_probability(name, frac)
         if val_fraction + test_fraction >= 1:
             raise ValueError(f"Expected val_fraction + test_fraction < 1, got {val_fraction + test_fraction}")
         if source is not None and (packages is not None or samples_per_class is not None):
@@ -228,6 +235,8 @@ class TextClassificationDataModule(LightningDataModule):
                 "Expected packages and samples_per_class only with source=None (the stdlib snippets), got "
                 f"source={os.fspath(source)!r} with packages={packages!r}, samples_per_class={samples_per_class!r}"
             )
+        if packages is not None:
+            _check_packages(packages)
         if source is None and max_length is None:
             raise ValueError("Expected max_length (the snippet length) with source=None, got None")
         if isinstance(vocab, str | Path):

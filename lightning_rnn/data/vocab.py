@@ -12,16 +12,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_rnn._validation import check_int
+
 __all__ = ["CharVocab", "WordVocab", "Vocab"]
 
 UNK = "<unk>"
 
 
+def _check_text(text: object) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"Expected text to be a str, got {type(text).__name__}")
+
+
 def _check_build_args(min_freq: int, max_size: int | None) -> None:
-    if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
-        raise ValueError(f"Expected min_freq to be an int >= 1, got {min_freq!r}")
-    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
-        raise ValueError(f"Expected max_size to be an int >= 1 or None, got {max_size!r}")
+    check_int("min_freq", min_freq, min=1)
+    check_int("max_size", max_size, min=1, allow_none=True)
 
 
 def _codepoints(text: str) -> Tensor:
@@ -40,6 +45,8 @@ class Vocab:
     kind = "base"
 
     def __init__(self, tokens: Sequence[str]) -> None:
+        if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError(f"Expected tokens to be a sequence of strings, got {tokens!r}")
         tokens = list(tokens)
         if UNK not in tokens:
             tokens = [UNK, *tokens]
@@ -62,6 +69,7 @@ class Vocab:
     def build(cls, text: str, *, min_freq: int = 1, max_size: int | None = None) -> Vocab:
         """Build from text: tokens with at least ``min_freq`` occurrences, most frequent first (ties sorted),
         at most ``max_size`` of them (plus ``<unk>``)."""
+        _check_text(text)
         return cls.from_counts(Counter(cls.tokenize(text)), min_freq=min_freq, max_size=max_size)
 
     from_text = build
@@ -94,6 +102,7 @@ class Vocab:
 
     def encode(self, text: str) -> Tensor:
         """Text -> LongTensor (L,) of ids; unseen tokens map to ``<unk>`` (id 0)."""
+        _check_text(text)
         return torch.tensor([self.stoi.get(t, self.unk_id) for t in self.tokenize(text)], dtype=torch.long)
 
     def decode(self, ids: Tensor | Sequence[int]) -> str:
@@ -166,6 +175,7 @@ class CharVocab(Vocab):
     def build(cls, text: str, *, min_freq: int = 1, max_size: int | None = None) -> CharVocab:
         """Build from text: characters with at least ``min_freq`` occurrences, most frequent first (ties by
         code point), at most ``max_size`` of them (plus ``<unk>``)."""
+        _check_text(text)
         return cls.from_codepoint_counts(torch.bincount(_codepoints(text)), min_freq=min_freq, max_size=max_size)
 
     from_text = build
@@ -202,6 +212,7 @@ class CharVocab(Vocab):
 
     def encode(self, text: str) -> Tensor:
         """Text -> LongTensor (L,) of ids, one per character; unseen characters map to ``<unk>``."""
+        _check_text(text)
         cps = _codepoints(text).long()
         if cps.numel() == 0:
             return torch.zeros(0, dtype=torch.long)

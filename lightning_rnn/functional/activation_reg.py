@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_rnn._validation import check_float
+
 __all__ = ["activation_regularization", "temporal_activation_regularization"]
 
 
@@ -27,8 +29,7 @@ def _check(outputs: Tensor, mask: Tensor | None, coefficient: float, name: str) 
     if not isinstance(outputs, Tensor) or outputs.dim() != 3:
         shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
         raise ValueError(f"Expected outputs of shape (N, L, H), got {shape}")
-    if isinstance(coefficient, bool) or not isinstance(coefficient, int | float) or not coefficient >= 0:
-        raise ValueError(f"Expected {name} >= 0, got {coefficient!r}")
+    check_float(name, coefficient, min=0.0)
     if mask is not None and tuple(mask.shape) != tuple(outputs.shape[:2]):
         raise ValueError(f"Expected mask of shape {tuple(outputs.shape[:2])} (N, L), got {tuple(mask.shape)}")
 

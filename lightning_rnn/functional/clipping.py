@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_rnn._validation import check_int
+
 __all__ = [
     "ClipRule",
     "QuantileClipRule",
@@ -263,8 +265,7 @@ class QuantileClipRule(ClipRule):
     def __init__(self, quantile: float = 0.1, window: int | None = 1000) -> None:
         if not 0.0 < quantile <= 1.0:
             raise ValueError(f"Expected quantile in (0, 1], got {quantile}")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise ValueError(f"Expected window to be None or an int >= 1, got {window!r}")
+        check_int("window", window, min=1, allow_none=True)
         self.quantile = float(quantile)
         self.window = window
         self.history: deque[float] = deque(maxlen=window)
@@ -322,8 +323,7 @@ class ZScoreClipRule(ClipRule):
             raise ValueError(f"Expected alpha in (0, 1), got {alpha}")
         if not z_threshold > 0.0:
             raise ValueError(f"Expected z_threshold > 0, got {z_threshold}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"Expected warmup_steps to be an int >= 0, got {warmup_steps!r}")
+        check_int("warmup_steps", warmup_steps, min=0)
         self.alpha = float(alpha)
         self.z_threshold = float(z_threshold)
         self.warmup_steps = warmup_steps

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from lightning_rnn._validation import check_int
 from lightning_rnn.nn.dropout import EmbeddingDropout, LockedDropout, WeightDropout
 from lightning_rnn.nn.rnn import RNNStack
 
@@ -304,8 +305,7 @@ def per_lag_gradient_norms(
     length = int(step_losses.shape[-1])
     if len(step_states) != length:
         raise ValueError(f"Expected {length} step states (one per step of step_losses), got {len(step_states)}")
-    if isinstance(max_lag, bool) or not isinstance(max_lag, int) or not 1 <= max_lag <= length - 1:
-        raise ValueError(f"Expected max_lag an int in [1, L - 1] = [1, {length - 1}], got {max_lag!r}")
+    check_int("max_lag", max_lag, min=1, max=length - 1)  # [1, L - 1]
     states = [[c for c in _leaves(s) if c.requires_grad] for s in step_states]  # [t][leaf] autograd knows
     if not states[0]:
         raise ValueError(
@@ -321,10 +321,7 @@ def per_lag_gradient_norms(
     # with another count (a pooling accumulator (N, H) beside (layers, N, H)) count in the full-state norm only
     layer_counts = [_as_layers(c, n).shape[0] for c in states[0]]
     num_layers = max(set(layer_counts), key=lambda c: (layer_counts.count(c), c))
-    if backward_passes is not None and (
-        isinstance(backward_passes, bool) or not isinstance(backward_passes, int) or backward_passes < 1
-    ):
-        raise ValueError(f"Expected backward_passes to be an int >= 1 or None, got {backward_passes!r}")
+    check_int("backward_passes", backward_passes, min=1, allow_none=True)
     has_target = ~torch.isnan(step_losses)
     if not summed:
         has_target = has_target.any(0)
@@ -589,8 +586,7 @@ def measure_gradient_flow(
                 f"Expected a module with a gradient_flow_probe(batch, max_steps) method or a probe callable, got "
                 f"{type(module).__name__} without one"
             )
-    if max_lag is not None and (isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 1):
-        raise ValueError(f"Expected max_lag to be an int >= 1 or None, got {max_lag!r}")
+    check_int("max_lag", max_lag, min=1, allow_none=True)
     max_steps = None if max_lag is None else max_lag + (num_targets or 1)
     modes = [(m, m.training) for m in module.modules()]
     devices = sorted({p.device.index for p in module.parameters() if p.device.type == "cuda" and p.device.index is not None})

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_rnn.nn._cells import CELLS
+
 __all__ = [
     "GATE_BLOCKS",
     "BlockSpectralNorm",
@@ -109,7 +111,7 @@ def _protocol_gates(path: str, module: nn.Module) -> tuple[str, tuple[tuple[str,
     gates = getattr(module, "recurrent_gates", None)
     if gates is None:  # lightning_rnn.nn.RNNStack names its cell
         cell = getattr(module, "cell", None)
-        if isinstance(cell, str) and cell.lower() in ("rnn", "lstm", "gru"):
+        if isinstance(cell, str) and cell.lower() in CELLS:
             kind = "rnn_tanh" if cell.lower() == "rnn" else cell.lower()
             return kind, GATE_BLOCKS[kind]
         return "rnn_tanh", GATE_BLOCKS["rnn_tanh"]

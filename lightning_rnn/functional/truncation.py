@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_rnn._validation import check_float, check_int
+
 __all__ = ["GeometricTail", "TruncationChoice", "choose_truncation", "fit_geometric_tail", "truncation_bias"]
 
 
@@ -79,8 +81,7 @@ def _check_curve(curve: Tensor) -> Tensor:
 
 
 def _check_fraction(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"Expected {name} in the open interval (0, 1), got {value!r}")
+    check_float(name, value, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
 
 
 def _theil_sen(x: Tensor, y: Tensor) -> tuple[float, float]:
@@ -176,8 +177,7 @@ def truncation_bias(curve: Tensor, max_steps: int | None = None, *, tail: Geomet
     m = g.numel() - 1
     if max_steps is None:
         max_steps = m
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise ValueError(f"Expected max_steps to be an int >= 0 or None, got {max_steps!r}")
+    check_int("max_steps", max_steps, min=0)
     if tail is None:
         tail = fit_geometric_tail(g, tail_fraction=tail_fraction, floor=floor)
     if tail.rate >= 1.0:
@@ -225,8 +225,7 @@ def choose_truncation(curve: Tensor, bias_bound: float, min_steps: int = 1, max_
     """
     _check_fraction("bias_bound", bias_bound)
     for name, value in (("min_steps", min_steps), ("max_steps", max_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+        check_int(name, value, min=1)
     if min_steps > max_steps:
         raise ValueError(f"Expected min_steps <= max_steps, got min_steps={min_steps} > max_steps={max_steps}")
     g = _check_curve(curve)

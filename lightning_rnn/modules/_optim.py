@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import torch
 
+from lightning_rnn._validation import check_float
+
 #: the optimizers a shipped module builds from its ``optimizer`` argument
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -14,10 +16,8 @@ def check_optimizer_args(optimizer: str, lr: float, weight_decay: float) -> None
     """``ValueError`` naming the argument when ``optimizer``, ``lr`` or ``weight_decay`` is invalid."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"Expected optimizer in {OPTIMIZERS}, got {optimizer!r}")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-        raise ValueError(f"Expected lr > 0, got {lr!r}")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float) or not weight_decay >= 0:
-        raise ValueError(f"Expected weight_decay >= 0, got {weight_decay!r}")
+    check_float("lr", lr, min=0.0, min_inclusive=False)
+    check_float("weight_decay", weight_decay, min=0.0)
 
 
 def build_optimizer(

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Accuracy, F1Score
 
+from lightning_rnn._validation import check_int, check_token_ids
 from lightning_rnn.functional.tbptt import batch_time_length
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule
@@ -47,11 +48,6 @@ def unpack_labeled(batch: Any, *, require_labels: bool = True) -> tuple[Tensor, 
         f"(inputs, labels), got {type(batch).__name__}"
         + (f" of length {len(batch)}" if isinstance(batch, list | tuple) else "")
     )
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
 
 
 class _RecurrentTask(TBPTTModule):
@@ -101,21 +97,19 @@ class _RecurrentTask(TBPTTModule):
             max_consecutive_skips=max_consecutive_skips,
             nonfinite_inputs=nonfinite_inputs,
         )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"Expected num_classes to be an int >= 2, got {num_classes!r}")
+        check_int("num_classes", num_classes, min=2)
         if (vocab_size is None) == (input_size is None):
             raise ValueError(
                 "Expected exactly one of vocab_size (token-id inputs (N, L)) or input_size (feature inputs "
                 f"(N, L, F)), got vocab_size={vocab_size!r}, input_size={input_size!r}"
             )
         if vocab_size is not None:
-            _positive_int("vocab_size", vocab_size)
-            _positive_int("embedding_dim", embedding_dim)
+            check_int("vocab_size", vocab_size, min=1)
+            check_int("embedding_dim", embedding_dim, min=1)
         else:
-            _positive_int("input_size", input_size)
+            check_int("input_size", input_size, min=1)
         check_optimizer_args(optimizer, lr, weight_decay)
-        if isinstance(pad_id, bool) or not isinstance(pad_id, int):
-            raise ValueError(f"Expected pad_id to be an int, got {pad_id!r}")
+        check_int("pad_id", pad_id)
         if self._per_step_labels and 0 <= pad_id < num_classes:
             raise ValueError(
                 f"Expected pad_id outside [0, num_classes={num_classes}) (it marks steps without a label), got {pad_id}"
@@ -239,6 +233,10 @@ class _RecurrentTask(TBPTTModule):
         N rows (active rows replaced, graph attached), and the active row indices (A,).
         """
         n, k = inputs.shape[0], inputs.shape[1]
+        if self.embedding is not None:
+            check_token_ids("inputs", inputs, self.embedding.num_embeddings)
+        if lengths is not None and tuple(lengths.shape) != (n,):
+            raise ValueError(f"Expected lengths of shape ({n},) (one per row of inputs), got {tuple(lengths.shape)}")
         if state is None:
             ref = self.rnn.weight_hh_l0
             state = self.rnn.init_state(n, device=inputs.device, dtype=ref.dtype)

@@ -11,6 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
+from lightning_rnn._validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_probability,
+    check_token_ids,
+)
 from lightning_rnn.functional.activation_reg import (
     activation_regularization,
     temporal_activation_regularization,
@@ -19,7 +27,13 @@ from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 from lightning_rnn.nn.dropout import EmbeddingDropout, locked_dropout
 from lightning_rnn.nn.rnn import RNNStack
-from lightning_rnn.nn.softmax import CandidateSampler, adaptive_softmax, sampled_softmax_loss
+from lightning_rnn.nn.softmax import (
+    SAMPLER_DISTRIBUTIONS,
+    CandidateSampler,
+    adaptive_softmax,
+    check_cutoffs,
+    sampled_softmax_loss,
+)
 
 __all__ = ["RNNLanguageModel"]
 
@@ -37,6 +51,7 @@ def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
         f"Expected a batch (inputs, targets) or {{'inputs': ..., 'targets': ...}} of LongTensors (N, L), "
         f"got {type(batch).__name__}"
     )
+
 
 
 class RNNLanguageModel(TBPTTModule):
@@ -155,11 +170,9 @@ class RNNLanguageModel(TBPTTModule):
             nonfinite_inputs=nonfinite_inputs,
         )
         for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+            check_int(name, value, min=1)
         check_optimizer_args(optimizer, lr, weight_decay)
-        if isinstance(pad_id, bool) or not isinstance(pad_id, int):
-            raise ValueError(f"Expected pad_id to be an int, got {pad_id!r}")
+        check_int("pad_id", pad_id)
         if output not in _OUTPUTS:
             raise ValueError(f"Expected output in {_OUTPUTS}, got {output!r}")
         if output != "full" and type(self).project is not RNNLanguageModel.project:
@@ -169,14 +182,25 @@ class RNNLanguageModel(TBPTTModule):
             )
         if output == "adaptive" and tie_weights:
             raise ValueError("Expected tie_weights=False with output='adaptive' (its head has V' < V rows), got True")
-        if output == "sampled" and (isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or num_sampled < 1):
-            raise ValueError(f"Expected num_sampled to be a positive int, got {num_sampled!r}")
+        check_choice("sampler", sampler, SAMPLER_DISTRIBUTIONS)
+        check_bool("tie_weights", tie_weights)
+        if output == "sampled":
+            check_int("num_sampled", num_sampled, min=1, max=vocab_size)
+        check_probability("embedding_dropout", embedding_dropout)
+        check_float("adaptive_div_value", adaptive_div_value, min=0.0, min_inclusive=False)
+        if output == "adaptive" and adaptive_cutoffs is not None:
+            try:
+                check_cutoffs(adaptive_cutoffs, vocab_size)
+            except (TypeError, ValueError) as err:  # name the module's argument, keep the detail
+                raise type(err)(
+                    f"Expected adaptive_cutoffs to be strictly increasing ints in (0, vocab_size={vocab_size}), "
+                    f"got {adaptive_cutoffs!r} ({err})"
+                ) from None
         if sampler_counts is not None:
             # saved as a plain list: a checkpoint must rebuild the same sampler (load_from_checkpoint, the CLI)
             sampler_counts = [float(c) for c in torch.as_tensor(sampler_counts, dtype=torch.float64).flatten()]
         for name, value in (("ar_alpha", ar_alpha), ("tar_beta", tar_beta)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"Expected {name} >= 0, got {value!r}")
+            check_float(name, value, min=0.0)
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
         self.save_hyperparameters()
         self.output = output
@@ -229,6 +253,7 @@ class RNNLanguageModel(TBPTTModule):
         With ``output="adaptive"`` the "logits" are the exact log-probabilities (their ``log_softmax`` is
         themselves); with ``"sampled"`` they are the full decoder's logits.
         """
+        check_token_ids("inputs", inputs, self.vocab_size)
         emb = self.embedding(inputs)  # (N, L, E)
         out, state = self.rnn(emb, state, lengths=lengths)  # (N, L, D*H)
         return self.project(out), state  # (N, L, V)

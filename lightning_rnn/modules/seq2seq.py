@@ -15,9 +15,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CharErrorRate
 
+from lightning_rnn._validation import check_choice, check_float, check_int, check_probability
 from lightning_rnn.data.vocab import Vocab
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
-from lightning_rnn.nn.search import SearchOutput
+from lightning_rnn.nn.search import LENGTH_PENALTIES, SearchOutput
 from lightning_rnn.nn.seq2seq import AttentionDecoder, Bridge, EncoderDecoder, Seq2SeqEncoder
 
 __all__ = ["Seq2SeqAttention", "plot_attention", "strip_hypotheses"]
@@ -26,7 +27,7 @@ BATCH_KEYS = ("src", "src_lengths", "tgt_in", "tgt_out")
 
 
 def _vocab_size(vocab: Any, name: str) -> int:
-    if isinstance(vocab, bool):
+    if isinstance(vocab, bool | str) or not (isinstance(vocab, int) or hasattr(vocab, "__len__")):
         raise TypeError(f"Expected {name} to be an int or a vocabulary with len(), got {vocab!r}")
     size = vocab if isinstance(vocab, int) else len(vocab)
     if size < 1:
@@ -221,16 +222,21 @@ class Seq2SeqAttention(L.LightningModule):
         src_vocab, tgt_vocab = _vocab_object(src_vocab), _vocab_object(tgt_vocab)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         src_size, tgt_size = _vocab_size(src_vocab, "src_vocab"), _vocab_size(tgt_vocab, "tgt_vocab")
-        for name, p in (("teacher_forcing", teacher_forcing), ("teacher_forcing_end", teacher_forcing_end)):
-            if p is not None and not 0.0 <= float(p) <= 1.0:
-                raise ValueError(f"Expected {name} in [0, 1], got {p!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"Expected label_smoothing in [0, 1), got {label_smoothing!r}")
-        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-            raise ValueError(f"Expected beam_size >= 1, got {beam_size!r}")
-        if isinstance(max_decode_len, bool) or not isinstance(max_decode_len, int) or max_decode_len < 1:
-            raise ValueError(f"Expected max_decode_len >= 1, got {max_decode_len!r}")
+        check_float("teacher_forcing", teacher_forcing, min=0.0, max=1.0)
+        check_float("teacher_forcing_end", teacher_forcing_end, min=0.0, max=1.0, allow_none=True)
+        check_int("teacher_forcing_steps", teacher_forcing_steps, min=0)
+        check_probability("label_smoothing", label_smoothing)
+        check_probability("decoder_dropout", decoder_dropout)
+        check_int("decoder_hidden_size", decoder_hidden_size, min=1, allow_none=True)
+        check_int("decoder_num_layers", decoder_num_layers, min=1, allow_none=True)
+        check_int("beam_size", beam_size, min=1)
+        check_int("max_decode_len", max_decode_len, min=1)
+        check_float("max_decode_ratio", max_decode_ratio, min=0.0, min_inclusive=False, allow_none=True)
+        check_float("length_penalty", length_penalty)
+        check_choice("length_penalty_type", length_penalty_type, LENGTH_PENALTIES)
+        check_int("num_attention_maps", num_attention_maps, min=0)
         for name, i in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
+            check_int(name, i)
             if not 0 <= i < tgt_size:
                 raise ValueError(f"Expected {name} in [0, {tgt_size}) (the target vocab size), got {i}")
         if pad_id == eos_id:

@@ -22,6 +22,7 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_rnn._validation import check_bool, check_float, check_int
 from lightning_rnn.functional.clipping import grad_norm
 from lightning_rnn.functional.tbptt import (
     _tensors,
@@ -85,11 +86,6 @@ class NonFiniteStepError(RuntimeError):
             "NaNs: lower the learning rate, clip gradients, or check the data. Raise the module's "
             "max_consecutive_skips to tolerate longer runs."
         )
-
-
-def _check_steps(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"Expected {name} to be a positive int or None, got {value!r}")
 
 
 def _check_dim_spec(spec: Any, path: str = "state_batch_dim") -> None:
@@ -319,19 +315,18 @@ class TBPTTModule(LightningModule):
         super().__init__()
         _check_lightning_1x(type(self))
         self.automatic_optimization = False
-        _check_steps("tbptt_steps", tbptt_steps)
-        _check_steps("tbptt_backprop_steps", tbptt_backprop_steps)
-        _check_steps("eval_tbptt_steps", eval_tbptt_steps)
+        check_int("tbptt_steps", tbptt_steps, min=1, allow_none=True)
+        check_int("tbptt_backprop_steps", tbptt_backprop_steps, min=1, allow_none=True)
+        check_int("eval_tbptt_steps", eval_tbptt_steps, min=1, allow_none=True)
         self._tbptt_steps = tbptt_steps
         self.tbptt_backprop_steps = tbptt_backprop_steps  # validated by the setter
         if variable_bptt and tbptt_steps is None:
             raise ValueError("Expected tbptt_steps to be set when variable_bptt=True, got tbptt_steps=None")
-        if variable_bptt_std < 0:
-            raise ValueError(f"Expected variable_bptt_std >= 0, got {variable_bptt_std}")
-        if variable_bptt_min < 1:
-            raise ValueError(f"Expected variable_bptt_min >= 1, got {variable_bptt_min}")
-        if gradient_clip_val is not None and not gradient_clip_val > 0:
-            raise ValueError(f"Expected gradient_clip_val > 0 or None, got {gradient_clip_val}")
+        check_float("variable_bptt_std", variable_bptt_std, min=0.0)
+        check_int("variable_bptt_min", variable_bptt_min, min=1)
+        check_bool("carry_state", carry_state)
+        check_bool("variable_bptt", variable_bptt)
+        check_float("gradient_clip_val", gradient_clip_val, min=0.0, min_inclusive=False, allow_none=True)
         if gradient_clip_algorithm not in _CLIP_ALGORITHMS:
             raise ValueError(
                 f"Expected gradient_clip_algorithm in {_CLIP_ALGORITHMS}, got {gradient_clip_algorithm!r}"
@@ -339,7 +334,7 @@ class TBPTTModule(LightningModule):
         if lr_scheduler_step not in _LR_SCHEDULER_STEPS:
             raise ValueError(f"Expected lr_scheduler_step in {_LR_SCHEDULER_STEPS}, got {lr_scheduler_step!r}")
         _check_dim_spec(state_batch_dim)
-        _check_steps("max_consecutive_skips", max_consecutive_skips)
+        check_int("max_consecutive_skips", max_consecutive_skips, min=1, allow_none=True)
         if nonfinite_inputs not in _NONFINITE_INPUTS:
             raise ValueError(f"Expected nonfinite_inputs in {_NONFINITE_INPUTS}, got {nonfinite_inputs!r}")
         self.carry_state = carry_state
@@ -372,7 +367,7 @@ class TBPTTModule(LightningModule):
 
     @tbptt_steps.setter
     def tbptt_steps(self, value: int | None) -> None:
-        _check_steps("tbptt_steps", value)
+        check_int("tbptt_steps", value, min=1, allow_none=True)
         if value is None and self.variable_bptt:
             raise ValueError("Expected tbptt_steps to be set when variable_bptt=True, got None")
         k2 = getattr(self, "_tbptt_backprop_steps", None)
@@ -387,7 +382,7 @@ class TBPTTModule(LightningModule):
 
     @tbptt_backprop_steps.setter
     def tbptt_backprop_steps(self, value: int | None) -> None:
-        _check_steps("tbptt_backprop_steps", value)
+        check_int("tbptt_backprop_steps", value, min=1, allow_none=True)
         if value is not None and self._tbptt_steps is None:
             raise ValueError(f"Expected tbptt_steps to be set when tbptt_backprop_steps={value}, got None")
         if value is not None and value < self._tbptt_steps:  # type: ignore[operator]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_rnn._validation import check_int
+
 __all__ = ["BahdanauAttention", "LuongAttention", "padding_mask", "masked_softmax"]
 
 LUONG_SCORES = ("dot", "general", "concat")
@@ -100,8 +102,7 @@ class BahdanauAttention(nn.Module):
     def __init__(self, query_size: int, key_size: int, hidden_size: int) -> None:
         super().__init__()
         for name, value in (("query_size", query_size), ("key_size", key_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+            check_int(name, value, min=1)
         self.query_size = query_size
         self.key_size = key_size
         self.hidden_size = hidden_size
@@ -161,8 +162,7 @@ class LuongAttention(nn.Module):
         if score not in LUONG_SCORES:
             raise ValueError(f"Expected score to be one of {list(LUONG_SCORES)}, got {score!r}")
         for name, value in (("query_size", query_size), ("key_size", key_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+            check_int(name, value, min=1)
         if score == "dot" and query_size != key_size:
             raise ValueError(
                 f"Expected query_size == key_size for the 'dot' score, got {query_size} and {key_size} "
@@ -177,7 +177,7 @@ class LuongAttention(nn.Module):
         if score == "general":
             self.key_proj = nn.Linear(key_size, query_size, bias=False)  # W k, so that qᵀ (W k)
         elif score == "concat":
-            hidden_size = hidden_size or query_size
+            hidden_size = query_size if hidden_size is None else check_int("hidden_size", hidden_size, min=1)
             self.key_proj = nn.Linear(key_size, hidden_size, bias=True)
             self.query_proj = nn.Linear(query_size, hidden_size, bias=False)
             self.v = nn.Linear(hidden_size, 1, bias=False)

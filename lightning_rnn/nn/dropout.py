@@ -23,13 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from lightning_rnn._validation import check_bool, check_probability, check_token_ids
+
 __all__ = ["EmbeddingDropout", "LockedDropout", "WeightDropout", "locked_dropout"]
-
-
-def _check_p(p: float, name: str = "p") -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"Expected {name} to be a float in [0, 1), got {p!r}")
-    return float(p)
 
 
 def _scaled_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
@@ -77,7 +73,7 @@ def locked_dropout(
         Same type and shape as ``input``; dropped coordinates are zero at every step, kept ones are
         scaled by 1/(1-p).
     """
-    p = _check_p(p)
+    p = check_probability("p", p)
     if not training or p == 0.0:
         return input
     if isinstance(input, PackedSequence):
@@ -123,9 +119,9 @@ class LockedDropout(nn.Module):
 
     def __init__(self, p: float = 0.5, batch_first: bool = True, *, mc_dropout: bool = False) -> None:
         super().__init__()
-        self.p = _check_p(p)
-        self.batch_first = batch_first
-        self.mc_dropout = mc_dropout
+        self.p = check_probability("p", p)
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
     def forward(self, input: Tensor | PackedSequence) -> Tensor | PackedSequence:
         return locked_dropout(input, self.p, self.training or self.mc_dropout, self.batch_first)
@@ -159,8 +155,8 @@ class EmbeddingDropout(nn.Module):
         if not isinstance(embedding, nn.Embedding):
             raise TypeError(f"Expected embedding to be a torch.nn.Embedding, got {type(embedding).__name__}")
         self.embedding = embedding
-        self.p = _check_p(p)
-        self.mc_dropout = mc_dropout
+        self.p = check_probability("p", p)
+        self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
     @property
     def weight(self) -> nn.Parameter:
@@ -180,6 +176,7 @@ class EmbeddingDropout(nn.Module):
         return self.embedding.padding_idx
 
     def forward(self, input: Tensor) -> Tensor:
+        check_token_ids("input", input, self.num_embeddings)
         out = self.embedding(input)
         if not (self.training or self.mc_dropout) or self.p == 0.0:
             return out
@@ -234,8 +231,8 @@ class WeightDropout(nn.Module):
                 raise ValueError(f"Expected weight names among {sorted(names)}, got {w!r}")
         self.module = module
         self.weights = list(weights)
-        self.p = _check_p(p)
-        self.mc_dropout = mc_dropout
+        self.p = check_probability("p", p)
+        self.mc_dropout = check_bool("mc_dropout", mc_dropout)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not (self.training or self.mc_dropout) or self.p == 0.0:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_rnn._validation import check_int
+
 __all__ = ["POOLINGS", "AttentionPooling", "length_mask", "masked_max", "masked_mean", "pool_finalize", "pool_update"]
 
 #: Poolings handled by :func:`pool_update`.
@@ -53,8 +55,7 @@ class AttentionPooling(nn.Module):
 
     def __init__(self, input_size: int, attention_size: int | None = None) -> None:
         super().__init__()
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
-            raise ValueError(f"Expected input_size to be a positive int, got {input_size!r}")
+        check_int("input_size", input_size, min=1)
         attention_size = attention_size or input_size
         self.proj = nn.Linear(input_size, attention_size)
         self.score = nn.Linear(attention_size, 1, bias=False)

@@ -39,14 +39,15 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from lightning_rnn._validation import check_bool, check_choice, check_int, check_probability
+
+from ._cells import CELLS
 from ._recurrence import Zoneout, autocast_dtype, gru_recurrence, lstm_recurrence, step_loop
-from .dropout import _apply_row_mask, _check_p, _scaled_mask
+from .dropout import _apply_row_mask, _scaled_mask
 from .state import State
 
 __all__ = ["CELLS", "RECURRENT_DROPOUT_MODES", "RNNStack", "State"]
 
-#: Valid ``cell`` names and their number of gates.
-CELLS: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
 #: Valid ``recurrent_dropout_mode`` values.
 RECURRENT_DROPOUT_MODES = ("weight", "state")
 
@@ -188,14 +189,15 @@ class RNNStack(nn.Module):
         second_order: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(cell, str) or cell.lower() not in CELLS:
-            raise ValueError(f"Expected cell to be one of {list(CELLS)}, got {cell!r}")
+        check_choice("cell", cell, CELLS, lower=True)
+        for name, flag in (("bidirectional", bidirectional), ("batch_first", batch_first), ("bias", bias),
+                           ("mc_dropout", mc_dropout), ("second_order", second_order)):
+            check_bool(name, flag)
         _check_torch_keywords(cell.lower(), dropout, nonlinearity, proj_size)
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"Expected dtype to be a floating-point torch.dtype, got {dtype!r}")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+            check_int(name, value, min=1)
         if recurrent_dropout_mode not in RECURRENT_DROPOUT_MODES:
             raise ValueError(
                 f"Expected recurrent_dropout_mode to be one of {list(RECURRENT_DROPOUT_MODES)}, "
@@ -210,13 +212,13 @@ class RNNStack(nn.Module):
         self.batch_first = bool(batch_first)
         self.output_size = self.num_directions * hidden_size
         self.bias = bool(bias)
-        self.input_dropout = _check_p(input_dropout, "input_dropout")
-        self.layer_dropout = _check_p(layer_dropout, "layer_dropout")
-        self.output_dropout = _check_p(output_dropout, "output_dropout")
-        self.recurrent_dropout = _check_p(recurrent_dropout, "recurrent_dropout")
+        self.input_dropout = check_probability("input_dropout", input_dropout)
+        self.layer_dropout = check_probability("layer_dropout", layer_dropout)
+        self.output_dropout = check_probability("output_dropout", output_dropout)
+        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
         self.recurrent_dropout_mode = recurrent_dropout_mode
         self.mc_dropout = bool(mc_dropout)
-        self.zoneout = _check_p(zoneout, "zoneout")
+        self.zoneout = check_probability("zoneout", zoneout)
         self.second_order = bool(second_order)
 
         if residual not in (False, True, "all"):
@@ -302,8 +304,8 @@ class RNNStack(nn.Module):
 
         Device and dtype default to the parameters'.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | torch.SymInt) or batch_size < 1:
-            raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r}")  # SymInt: traced
+        if not isinstance(batch_size, torch.SymInt):  # SymInt: traced
+            check_int("batch_size", batch_size, min=1)
         ref = self.weight_hh_l0
         shape = (self.num_directions * self.num_layers, batch_size, self.hidden_size)
         kw = {"device": device if device is not None else ref.device, "dtype": dtype or ref.dtype}
@@ -370,7 +372,7 @@ class RNNStack(nn.Module):
         lengths = lengths.to("cpu", torch.int64)
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 1 or hi > length:
-            raise ValueError(f"Expected every length in [1, {length}] (L of the input), got min {lo}, max {hi}")
+            raise ValueError(f"Expected every entry of lengths in [1, {length}] (L of the input), got min {lo}, max {hi}")
         return lengths
 
     # ------------------------------------------------------------------ forward

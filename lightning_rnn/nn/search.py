@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_rnn._validation import check_float, check_int
 from lightning_rnn.nn.state import map_state
 
 __all__ = [
@@ -112,14 +113,14 @@ def max_lengths(
 
 
 def _check_common(batch_size: int, max_len: int | Tensor) -> Tensor | None:
+    check_int("batch_size", batch_size, min=1)
     if isinstance(max_len, Tensor):
         if max_len.shape != (batch_size,):
             raise ValueError(f"Expected max_len of shape ({batch_size},), got {list(max_len.shape)}")
         if bool((max_len < 1).any()):
             raise ValueError(f"Expected every max_len >= 1, got min {int(max_len.min())}")
         return max_len
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"Expected max_len >= 1, got {max_len!r}")
+    check_int("max_len", max_len, min=1)
     return None
 
 
@@ -230,10 +231,9 @@ def beam_search(
         >>> out.tokens[0].tolist(), out.lengths[0].tolist()
         ([[3], [2]], [1, 1])
     """
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"Expected beam_size >= 1, got {beam_size!r}")
-    if isinstance(n_best, bool) or not isinstance(n_best, int) or not 1 <= n_best <= beam_size:
-        raise ValueError(f"Expected 1 <= n_best <= beam_size ({beam_size}), got {n_best!r}")
+    check_int("beam_size", beam_size, min=1)
+    check_int("n_best", n_best, min=1, max=beam_size)
+    check_float("alpha", alpha)
     if length_penalty_type not in LENGTH_PENALTIES:
         raise ValueError(
             f"Expected length_penalty_type to be one of {list(LENGTH_PENALTIES)}, got {length_penalty_type!r}"

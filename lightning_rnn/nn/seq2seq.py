@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_rnn._validation import check_bool, check_choice, check_int, check_probability
+from lightning_rnn._validation import check_token_ids as _check_token_ids
+from lightning_rnn.nn._cells import CELLS
 from lightning_rnn.nn.attention import BahdanauAttention, LuongAttention, padding_mask
 from lightning_rnn.nn.rnn import RNNStack
 from lightning_rnn.nn.search import SearchOutput, beam_search, greedy_search, max_lengths
@@ -36,7 +39,6 @@ __all__ = [
     "check_token_ids",
 ]
 
-CELLS = ("rnn", "lstm", "gru")
 #: attention name -> (score, ordering)
 ATTENTION_TYPES: dict[str, tuple[str | None, str | None]] = {
     "bahdanau": ("additive", "bahdanau"),
@@ -79,15 +81,7 @@ class DecoderState(NamedTuple):
 
 def check_token_ids(ids: Tensor, vocab_size: int, name: str) -> None:
     """Raise ``ValueError`` naming the largest (or smallest) id when ``ids`` fall outside ``[0, vocab_size)``."""
-    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"Expected {name} to be an integer tensor of token ids, got dtype {ids.dtype}")
-    if ids.numel() == 0:
-        return
-    hi, lo = int(ids.max()), int(ids.min())
-    if hi >= vocab_size:
-        raise ValueError(f"Expected {name} ids in [0, {vocab_size}) (vocab size {vocab_size}), got largest id {hi}")
-    if lo < 0:
-        raise ValueError(f"Expected {name} ids in [0, {vocab_size}), got smallest id {lo}")
+    _check_token_ids(name, ids, vocab_size)
 
 
 def check_lengths(lengths: Tensor, batch_size: int, max_len: int, name: str = "src_lengths") -> None:
@@ -101,18 +95,6 @@ def check_lengths(lengths: Tensor, batch_size: int, max_len: int, name: str = "s
         raise ValueError(f"Expected {name} <= padded length {max_len}, got {int(lengths.max())}")
     if batch_size and int(lengths.min()) < 1:
         raise ValueError(f"Expected {name} >= 1, got {int(lengths.min())}")
-
-
-def _check_choice(value: str, choices, name: str) -> str:
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ValueError(f"Expected {name} to be one of {list(choices)}, got {value!r}")
-    return value.lower()
-
-
-def _positive(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
-    return value
 
 
 class Seq2SeqEncoder(nn.Module):
@@ -157,8 +139,8 @@ class Seq2SeqEncoder(nn.Module):
         residual: bool | str = False,
     ) -> None:
         super().__init__()
-        self.vocab_size = _positive(vocab_size, "vocab_size")
-        self.embedding = nn.Embedding(vocab_size, _positive(embedding_dim, "embedding_dim"), padding_idx=padding_idx)
+        self.vocab_size = check_int("vocab_size", vocab_size, min=1)
+        self.embedding = nn.Embedding(vocab_size, check_int("embedding_dim", embedding_dim, min=1), padding_idx=padding_idx)
         self.rnn = RNNStack(
             cell,
             embedding_dim,
@@ -240,11 +222,11 @@ class Bridge(nn.Module):
         mode: str = "projection",
     ) -> None:
         super().__init__()
-        self.encoder_cell = _check_choice(encoder_cell, CELLS, "encoder_cell")
-        self.decoder_cell = _check_choice(decoder_cell, CELLS, "decoder_cell")
-        self.mode = _check_choice(mode, BRIDGES, "bridge")
-        self.encoder_num_layers = _positive(encoder_num_layers, "encoder_num_layers")
-        self.decoder_num_layers = _positive(decoder_num_layers, "decoder_num_layers")
+        self.encoder_cell = check_choice("encoder_cell", encoder_cell, CELLS, lower=True)
+        self.decoder_cell = check_choice("decoder_cell", decoder_cell, CELLS, lower=True)
+        self.mode = check_choice("bridge", mode, BRIDGES, lower=True)
+        self.encoder_num_layers = check_int("encoder_num_layers", encoder_num_layers, min=1)
+        self.decoder_num_layers = check_int("decoder_num_layers", decoder_num_layers, min=1)
         self.num_directions = 2 if encoder_bidirectional else 1
         self.decoder_hidden_size = decoder_hidden_size
         in_size = self.num_directions * encoder_hidden_size
@@ -354,23 +336,22 @@ class AttentionDecoder(nn.Module):
         padding_idx: int | None = None,
     ) -> None:
         super().__init__()
-        self.vocab_size = _positive(vocab_size, "vocab_size")
-        self.embedding_dim = _positive(embedding_dim, "embedding_dim")
-        self.hidden_size = _positive(hidden_size, "hidden_size")
-        self.memory_size = _positive(memory_size, "memory_size")
-        self.num_layers = _positive(num_layers, "num_layers")
-        self.cell = _check_choice(cell, CELLS, "cell")
-        self.attention_type = _check_choice(attention, ATTENTION_TYPES, "attention")
+        self.vocab_size = check_int("vocab_size", vocab_size, min=1)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, min=1)
+        self.hidden_size = check_int("hidden_size", hidden_size, min=1)
+        self.memory_size = check_int("memory_size", memory_size, min=1)
+        self.num_layers = check_int("num_layers", num_layers, min=1)
+        self.cell = check_choice("cell", cell, CELLS, lower=True)
+        self.attention_type = check_choice("attention", attention, ATTENTION_TYPES, lower=True)
         score, default_ordering = ATTENTION_TYPES[self.attention_type]
         if ordering is not None:
             if score is None:
                 raise ValueError(f"Expected ordering=None with attention='none', got {ordering!r}")
-            default_ordering = _check_choice(ordering, ORDERINGS, "ordering")
+            default_ordering = check_choice("ordering", ordering, ORDERINGS, lower=True)
         self.ordering = default_ordering
-        if isinstance(dropout, bool) or not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"Expected dropout in [0, 1), got {dropout!r}")
-        self.input_feeding = bool(input_feeding) and self.ordering == "luong"
-        self.tie_weights = bool(tie_weights)
+        check_probability("dropout", dropout)
+        self.input_feeding = check_bool("input_feeding", input_feeding) and self.ordering == "luong"
+        self.tie_weights = check_bool("tie_weights", tie_weights)
         self.output_size = embedding_dim if tie_weights else hidden_size  # F
 
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
@@ -614,10 +595,8 @@ class EncoderDecoder(nn.Module):
             :class:`~lightning_rnn.nn.search.SearchOutput`; with ``beam_size=1`` tokens (N, T), otherwise
             (N, n_best, T). Tokens include EOS when generated; lengths count it.
         """
-        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-            raise ValueError(f"Expected beam_size >= 1, got {beam_size!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"Expected max_len >= 1, got {max_len!r}")
+        check_int("beam_size", beam_size, min=1)
+        check_int("max_len", max_len, min=1)
         memory, state = self.encode(src, src_lengths)
         n = src.size(0)
         limits = max_lengths(n, max_len, src_lengths=src_lengths, max_ratio=max_ratio, device=src.device)

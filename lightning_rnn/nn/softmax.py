@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_rnn._validation import check_int
+
 __all__ = [
     "CandidateSampler",
     "adaptive_softmax",
@@ -76,8 +78,7 @@ def adaptive_softmax(
         >>> torch.allclose(probs.sum(-1), torch.ones(3))
         True
     """
-    if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-        raise ValueError(f"Expected in_features to be a positive int, got {in_features!r}")
+    check_int("in_features", in_features, min=1)
     if not div_value > 0:
         raise ValueError(f"Expected div_value > 0, got {div_value}")
     return nn.AdaptiveLogSoftmaxWithLoss(
@@ -102,8 +103,7 @@ class CandidateSampler:
     def __init__(self, vocab_size: int, distribution: str = "log_uniform", counts: Tensor | None = None) -> None:
         if distribution not in SAMPLER_DISTRIBUTIONS:
             raise ValueError(f"Expected distribution in {SAMPLER_DISTRIBUTIONS}, got {distribution!r}")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ValueError(f"Expected vocab_size to be an int >= 2, got {vocab_size!r}")
+        check_int("vocab_size", vocab_size, min=2)
         self.vocab_size = vocab_size
         self.distribution = distribution
         self.probs: Tensor | None = None

@@ -30,6 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_rnn._validation import check_int
+
+from ._cells import CELLS
+
 __all__ = [
     "State",
     "detach_state",
@@ -42,9 +46,6 @@ __all__ = [
 
 #: The state of one ``RNNStack`` call: ``h`` for RNN/GRU, ``(h, c)`` for LSTM, each (D*num_layers, N, H).
 State = Tensor | tuple[Tensor, Tensor]
-
-_CELLS = ("rnn", "lstm", "gru")
-
 
 def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
     """Apply ``fn`` to every tensor of a nested state and rebuild the same structure.
@@ -183,15 +184,14 @@ def zeros_state(
     Raises:
         ValueError: unknown ``cell`` or a non-positive size.
     """
-    if cell not in _CELLS:
-        raise ValueError(f"Expected cell to be one of {list(_CELLS)}, got {cell!r}")
+    if cell not in CELLS:
+        raise ValueError(f"Expected cell to be one of {list(CELLS)}, got {cell!r}")
     for name, value in (
         ("num_layers_times_directions", num_layers_times_directions),
         ("batch_size", batch_size),
         ("hidden_size", hidden_size),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"Expected {name} to be a positive int, got {value!r}")
+        check_int(name, value, min=1)
     shape = (num_layers_times_directions, batch_size, hidden_size)
     h = torch.zeros(shape, device=device, dtype=dtype)
     if cell == "lstm":

@@ -152,8 +152,8 @@ def _expected_autoclip(norms: list[float], q: float) -> list[float]:
     ("kwargs", "exc", "match"),
     [
         ({"mode": "median"}, ValueError, r"one of \('quantile', 'zscore', 'agc'\)"),
-        ({"quantile": 0.0}, ValueError, "quantile in"),
-        ({"quantile": 1.01}, ValueError, "quantile in"),
+        ({"quantile": 0.0}, ValueError, r"Expected quantile to be a float in \(0, 1\]"),
+        ({"quantile": 1.01}, ValueError, r"Expected quantile to be a float in \(0, 1\]"),
         ({"window": 0}, ValueError, "window"),
         ({"warmup_steps": -1}, ValueError, "warmup_steps"),
         ({"alpha": 1.0}, ValueError, "alpha"),

@@ -130,7 +130,7 @@ def test_resume_after_the_switch_equals_the_uninterrupted_run(tmp_path: Path):
 
 
 def test_arguments_and_setup_errors():
-    with pytest.raises(ValueError, match="Expected n to be a positive int, got 0"):
+    with pytest.raises(ValueError, match="Expected n to be an int >= 1, got 0"):
         NTASGD(n=0)
     with pytest.raises(ValueError, match="Expected mode in"):
         NTASGD(mode="down")

@@ -165,7 +165,7 @@ def test_rank_arguments_and_union_with_eval_splits():
         for (x, y), (a, ay), (b, by) in zip(whole, *halves):
             torch.testing.assert_close(torch.cat([a, b]), x)
             torch.testing.assert_close(torch.cat([ay, by]), y)
-    with pytest.raises(ValueError, match="rank in"):
+    with pytest.raises(ValueError, match=r"Expected rank to be an int in \[0, "):
         TextStreamDataModule(TEXT, rank=2, world_size=2)
     with pytest.raises(ValueError, match="together"):
         TextStreamDataModule(TEXT, rank=1)

@@ -57,7 +57,7 @@ def test_stdlib_data_is_deterministic_balanced_and_stratified() -> None:
 def test_stdlib_snippets_bad_input() -> None:
     with pytest.raises(ValueError, match=r"Expected a stdlib package in .*\(one of \[.*'asyncio'.*\]\), got 'nope'"):
         stdlib_snippets(["asyncio", "nope"])
-    with pytest.raises(ValueError, match=r"Expected at least 2 distinct stdlib packages, got \['json'\]"):
+    with pytest.raises(ValueError, match=r"Expected packages to be at least 2 distinct stdlib packages, got \['json'\]"):
         stdlib_snippets(["json"])
     with pytest.raises(ValueError, match=r"samples_per_class=100000 snippets of 200 characters in stdlib package"):
         stdlib_snippets(["json", "email"], samples_per_class=100_000)

@@ -70,13 +70,13 @@ def test_gradients_and_edge_cases():
     one_step = torch.randn(2, 1, 3)
     assert float(temporal_activation_regularization(one_step, 1.0)) == 0.0  # no pair inside a 1-step chunk
     assert float(activation_regularization(out.detach(), 1.0, torch.zeros(2, 5, dtype=torch.bool))) == 0.0
-    with pytest.raises(ValueError, match="Expected alpha >= 0, got -1"):
+    with pytest.raises(ValueError, match="Expected alpha to be a float >= 0, got -1"):
         activation_regularization(out, -1.0)
     with pytest.raises(ValueError, match=r"Expected mask of shape \(2, 5\)"):
         temporal_activation_regularization(out, 1.0, torch.ones(5, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"Expected outputs of shape \(N, L, H\)"):
         activation_regularization(torch.zeros(4, 3), 1.0)
-    with pytest.raises(ValueError, match="Expected ar_alpha >= 0"):
+    with pytest.raises(ValueError, match="Expected ar_alpha to be a float >= 0"):
         RNNLanguageModel(10, 8, 8, ar_alpha=-2.0)
 
 

@@ -128,5 +128,5 @@ def test_forward_takes_lengths_and_pad_id_is_checked():
     torch.testing.assert_close(state[0][:, 1:], alone[0])
     with pytest.raises(ValueError, match="Expected pad_id to be an int"):
         RNNLanguageModel(30, pad_id=None)
-    with pytest.raises(ValueError, match="Expected weight_decay >= 0"):
+    with pytest.raises(ValueError, match="Expected weight_decay to be a float >= 0"):
         RNNLanguageModel(30, weight_decay=-1.0)

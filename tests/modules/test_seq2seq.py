@@ -89,9 +89,9 @@ def test_dict_and_tuple_batches_and_forward_outputs():
 def test_bad_input():
     with pytest.raises(ValueError, match=r"\['bahdanau', 'luong_dot', 'luong_general', 'luong_concat', 'none'\]"):
         Seq2SeqAttention(10, 10, attention="dot")
-    with pytest.raises(ValueError, match="Expected beam_size >= 1, got 0"):
+    with pytest.raises(ValueError, match="Expected beam_size to be an int >= 1, got 0"):
         Seq2SeqAttention(10, 10, beam_size=0)
-    with pytest.raises(ValueError, match="Expected max_decode_len >= 1, got 0"):
+    with pytest.raises(ValueError, match="Expected max_decode_len to be an int >= 1, got 0"):
         Seq2SeqAttention(10, 10, max_decode_len=0)
     with pytest.raises(ValueError, match=r"eos_id in \[0, 2\)"):
         Seq2SeqAttention(10, 2)
@@ -103,7 +103,7 @@ def test_bad_input():
         model.training_step({"src": b["src"]}, 0)
     with pytest.raises(ValueError, match=r"vocab size 10\), got largest id 14"):
         model(b["src"] + 9, b["src_lengths"], b["tgt_in"])
-    with pytest.raises(ValueError, match="Expected max_len >= 1, got 0"):
+    with pytest.raises(ValueError, match="Expected max_len to be an int >= 1, got 0"):
         model.generate(b["src"], b["src_lengths"], max_len=0)
 
 

@@ -119,5 +119,5 @@ def test_output_option_errors():
         RNNLanguageModel(V, 8, 8, output="hierarchical")
     with pytest.raises(ValueError, match="tie_weights=False"):
         RNNLanguageModel(V, 8, 8, output="adaptive", tie_weights=True)
-    with pytest.raises(ValueError, match="distribution in"):
+    with pytest.raises(ValueError, match="Expected sampler to be one of"):
         RNNLanguageModel(V, 8, 8, output="sampled", sampler="zipf")

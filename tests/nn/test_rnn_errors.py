@@ -14,9 +14,9 @@ from lightning_rnn.nn import RNNStack
     ("kwargs", "error", "match"),
     [
         ({"cell": "cnn"}, ValueError, r"Expected cell to be one of \['rnn', 'lstm', 'gru'\], got 'cnn'"),
-        ({"input_size": 0}, ValueError, "Expected input_size to be a positive int, got 0"),
-        ({"hidden_size": -3}, ValueError, "Expected hidden_size to be a positive int, got -3"),
-        ({"num_layers": 0}, ValueError, "Expected num_layers to be a positive int, got 0"),
+        ({"input_size": 0}, ValueError, "Expected input_size to be an int >= 1, got 0"),
+        ({"hidden_size": -3}, ValueError, "Expected hidden_size to be an int >= 1, got -3"),
+        ({"num_layers": 0}, ValueError, "Expected num_layers to be an int >= 1, got 0"),
         ({"input_dropout": 1.0}, ValueError, r"Expected input_dropout to be a float in \[0, 1\), got 1.0"),
         ({"layer_dropout": -0.1}, ValueError, r"Expected layer_dropout to be a float in \[0, 1\)"),
         ({"output_dropout": 2}, ValueError, r"Expected output_dropout to be a float in \[0, 1\)"),
@@ -80,9 +80,9 @@ def test_bad_state(lstm):
 
 def test_bad_lengths(lstm):
     x = torch.randn(3, 5, 10)
-    with pytest.raises(ValueError, match=r"Expected every length in \[1, 5\] \(L of the input\), got min 1, max 6"):
+    with pytest.raises(ValueError, match=r"Expected every entry of lengths in \[1, 5\] \(L of the input\), got min 1, max 6"):
         lstm(x, lengths=torch.tensor([6, 1, 2]))
-    with pytest.raises(ValueError, match=r"Expected every length in \[1, 5\]"):
+    with pytest.raises(ValueError, match=r"Expected every entry of lengths in \[1, 5\]"):
         lstm(x, lengths=torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"Expected lengths of shape \(3,\) \(one per batch row\), got \[2\]"):
         lstm(x, lengths=torch.tensor([2, 2]))
@@ -91,7 +91,7 @@ def test_bad_lengths(lstm):
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3, 2]), batch_first=True)
     with pytest.raises(ValueError, match="Expected lengths=None with a PackedSequence input"):
         lstm(packed, lengths=torch.tensor([5, 3, 2]))
-    with pytest.raises(ValueError, match="Expected batch_size to be a positive int, got 0"):
+    with pytest.raises(ValueError, match="Expected batch_size to be an int >= 1, got 0"):
         lstm.init_state(0)
 
 

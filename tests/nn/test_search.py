@@ -147,9 +147,9 @@ def test_length_penalty_values_and_limits():
 def test_bad_input():
     step = table_step(torch.ones(4, 4))
     kw = dict(batch_size=1, bos_id=BOS, eos_id=EOS, pad_id=PAD)
-    with pytest.raises(ValueError, match="Expected beam_size >= 1, got 0"):
+    with pytest.raises(ValueError, match="Expected beam_size to be an int >= 1, got 0"):
         beam_search(step, None, None, max_len=3, beam_size=0, **kw)
-    with pytest.raises(ValueError, match="Expected max_len >= 1, got 0"):
+    with pytest.raises(ValueError, match="Expected max_len to be an int >= 1, got 0"):
         greedy_search(step, None, None, max_len=0, **kw)
     with pytest.raises(ValueError, match="n_best"):
         beam_search(step, None, None, max_len=3, beam_size=2, n_best=3, **kw)

@@ -209,9 +209,9 @@ def test_bad_input():
         model(src, lengths, bad_tgt)
     with pytest.raises(ValueError, match=r"\['bahdanau', 'luong_dot', 'luong_general', 'luong_concat', 'none'\]"):
         AttentionDecoder(10, 4, 4, 4, attention="additive")
-    with pytest.raises(ValueError, match="Expected beam_size >= 1, got 0"):
+    with pytest.raises(ValueError, match="Expected beam_size to be an int >= 1, got 0"):
         model.generate(src, lengths, beam_size=0)
-    with pytest.raises(ValueError, match="Expected max_len >= 1, got 0"):
+    with pytest.raises(ValueError, match="Expected max_len to be an int >= 1, got 0"):
         model.generate(src, lengths, max_len=0)
     with pytest.raises(ValueError, match=r"\['rnn', 'lstm', 'gru'\]"):
         Bridge("lstm", 4, 1, True, "transformer", 4, 1)

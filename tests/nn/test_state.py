@@ -95,7 +95,7 @@ def test_bad_input():
         select_state_rows(torch.zeros(3, 2), torch.tensor([0]), dim=2)
     with pytest.raises(ValueError, match=r"Expected cell to be one of \['rnn', 'lstm', 'gru'\], got 'cnn'"):
         zeros_state("cnn", 1, 1, 1)
-    with pytest.raises(ValueError, match="Expected batch_size to be a positive int, got 0"):
+    with pytest.raises(ValueError, match="Expected batch_size to be an int >= 1, got 0"):
         zeros_state("rnn", 1, 0, 1)
 
 
