@@ -1,5 +1,5 @@
 """The AWD-LSTM recipe: examples/awd_lstm.yaml through `lightning-rnn fit`, and the same model as the <= 30 lines of
-user Python shown in the docs (changes/awd.md), both run tiny."""
+user Python shown in the docs (docs/guides/awd_lstm.md), both run tiny."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from lightning_rnn.data.corpus import PYDOC_TOPICS, pydoc_topics_text, read_text
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "awd_lstm.yaml"
 
-#: the docs' snippet, verbatim (changes/awd.md shows the same text; a test below checks that)
+#: the docs' snippet, verbatim (docs/guides/awd_lstm.md shows the same text; a test below checks that)
 SNIPPET = '''\
 import lightning as L
 
@@ -95,9 +95,7 @@ def test_pydoc_topics_source_is_english_prose() -> None:
 
 def test_snippet_is_at_most_30_lines_and_matches_the_docs() -> None:
     assert len(SNIPPET.strip().splitlines()) <= 30
-    doc = ROOT / "changes" / "awd.md"
-    if not doc.is_file():
-        pytest.skip("changes/awd.md is not in this tree")
+    doc = ROOT / "docs" / "guides" / "awd_lstm.md"
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
     assert SNIPPET in blocks and CUSTOM_SNIPPET in blocks
 

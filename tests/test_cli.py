@@ -185,3 +185,49 @@ def test_library_value_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
     line = _error_line(capsys, ["fit", "--config", str(CONFIG), f"--data.init_args.source={corpus}", *TINY,
                                 "--model.init_args.cell=transformer"])
     assert "cell" in line and "lstm" in line
+
+
+def _documented_last_ckpt_commands() -> list[list[str]]:
+    """The `lightning-rnn ...` lines of README.md and docs/ that use the demo's `runs/checkpoints/last.ckpt`
+    (resume, validate, test, predict, generate), each subcommand once, as argv."""
+    import re
+    import shlex
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    found: dict[str, list[str]] = {}
+    for page in pages:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            for line in block.splitlines():
+                if line.startswith("lightning-rnn ") and "runs/checkpoints/last.ckpt" in line and (
+                        "examples/char_lm.yaml" in line or line.startswith("lightning-rnn generate")):
+                    argv = shlex.split(line, comments=True)[1:]
+                    found.setdefault(argv[0], argv)
+    return list(found.values())
+
+
+def test_documented_last_ckpt_commands_run(fitted: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """What the README and the guides tell a user to run on the demo's `last.ckpt` works on the checkpoint
+    `lightning-rnn fit` wrote (shrunk with the same overrides as the fit, W&B off)."""
+    import shutil
+
+    commands = _documented_last_ckpt_commands()
+    assert {argv[0] for argv in commands} >= {"fit", "validate", "test", "generate"}, commands
+    (tmp_path / "runs" / "checkpoints").mkdir(parents=True)
+    shutil.copy(fitted["dir"] / "runs" / "checkpoints" / "last.ckpt", tmp_path / "runs" / "checkpoints")
+    monkeypatch.chdir(tmp_path)
+    shrink = [f"--data.init_args.source={fitted['corpus']}", "--trainer.logger=false",
+              *[a for a in TINY if not a.startswith(("--report", "--trainer.max_steps"))]]
+    for argv in commands:
+        if argv[0] == "generate":
+            main([*argv, "--max_new_tokens", "5"])
+            assert capsys.readouterr().out.startswith("def ")
+            continue
+        argv = [a.replace("examples/char_lm.yaml", str(CONFIG)) for a in argv]
+        extra = ["--trainer.max_steps=24", "--report.max_new_tokens=0"] if argv[0] == "fit" else []
+        main([*argv, *shrink, *extra])
+        out = capsys.readouterr().out
+        if argv[0] == "fit":  # resumed from step 20: the report of a run that went on to 24
+            assert torch.load(tmp_path / "runs" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 24
+        else:
+            assert out.strip(), argv

@@ -1,5 +1,5 @@
 """`--ckpt_path` with every subcommand on the checkpoints `lightning-rnn fit` writes, for every shipped config
-and a user module taking **kwargs: fit -> validate -> test (-> predict) -> fit --ckpt_path (resume)."""
+and a user module taking **kwargs: fit -> validate -> test -> predict -> fit --ckpt_path (resume)."""
 
 from __future__ import annotations
 

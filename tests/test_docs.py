@@ -4,7 +4,8 @@ command they quote (the script and its options exist).
 
 The python blocks of one page run in order in one namespace (a page reads like a notebook), in a temporary
 directory, with `Trainer` shrunk to a couple of batches so that training examples take seconds. The README's
-``<!-- readme-test -->`` block is left to tests/test_readme.py, which checks what it trains.
+``<!-- readme-test -->`` block is left to tests/test_readme.py, which checks what it trains, and a block marked
+``<!-- tested in tests/x.py -->`` to that file (which must read the page).
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-FENCE = re.compile(r"(<!-- readme-test -->\s*)?```(\w+)\n(.*?)```", flags=re.S)
+# a block right after `<!-- readme-test -->` (tests/test_readme.py) or `<!-- tested in tests/x.py -->` is run by
+# that test file instead (it checks the block is the text it runs)
+FENCE = re.compile(r"(<!-- (?:readme-test|tested in tests/[\w/]+\.py) -->\s*)?```(\w+)\n(.*?)```", flags=re.S)
+TESTED_IN = re.compile(r"<!-- tested in (tests/[\w/]+\.py) -->")
 
 
 def blocks(page: Path, language: str) -> list[str]:
-    """The fenced blocks of ``language`` on ``page``, without the one marked ``<!-- readme-test -->``."""
+    """The fenced blocks of ``language`` on ``page``, without those marked as run by another test file."""
     text = page.read_text(encoding="utf-8")
     return [m.group(3) for m in FENCE.finditer(text) if m.group(2) == language and not m.group(1)]
 
@@ -39,16 +43,18 @@ PYTHON_PAGES = [p for p in PAGES if blocks(p, "python")]
 
 
 def _tiny_trainer_class(root: Path) -> type:
-    """``lightning.pytorch.Trainer`` that runs at most 2 batches per loop, 2 epochs and 4 optimizer steps."""
+    """``lightning.pytorch.Trainer`` that runs at most 2 batches per loop, and 2 epochs or (a ``max_steps`` run)
+    4 optimizer steps."""
     from lightning.pytorch import Trainer
 
     class TinyTrainer(Trainer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             for loop in ("train", "val", "test", "predict"):
                 kwargs[f"limit_{loop}_batches"] = 2
-            kwargs["max_epochs"] = min(kwargs.get("max_epochs") or 1, 2)
-            if kwargs.get("max_steps", -1) != -1:
+            if kwargs.get("max_steps", -1) != -1:  # a max_steps run: its step count bounds it
                 kwargs["max_steps"] = min(kwargs["max_steps"], 4)
+            else:
+                kwargs["max_epochs"] = min(kwargs.get("max_epochs") or 1, 2)
             kwargs["num_sanity_val_steps"] = 0
             kwargs.setdefault("enable_progress_bar", False)
             kwargs.setdefault("enable_model_summary", False)
@@ -73,6 +79,14 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     namespace: dict[str, Any] = {"__name__": f"docs:{_rel(page)}"}
     for i, code in enumerate(blocks(page, "python")):
         exec(compile(code, f"{_rel(page)} (python block {i + 1})", "exec"), namespace)
+
+
+def test_blocks_run_elsewhere_name_a_test_that_quotes_the_page() -> None:
+    for page in PAGES:
+        for test_file in TESTED_IN.findall(page.read_text(encoding="utf-8")):
+            path = ROOT / test_file
+            assert path.is_file(), f"{_rel(page)} says a block is tested in {test_file}, which does not exist"
+            assert _rel(page) in path.read_text(encoding="utf-8"), f"{test_file} does not read {_rel(page)}"
 
 
 def test_every_page_with_code_is_collected() -> None:
