@@ -274,8 +274,10 @@ class TBPTTModule(LightningModule):
         - ``on_eval_chunk_end(stage, chunk, step)`` to update evaluation metrics over whole sequences.
         The engine's own work does not live in Lightning's hooks: override ``on_train_epoch_start``,
         ``on_train_epoch_end``, ``on_before_optimizer_step``, ``on_fit_start`` and the evaluation epoch hooks
-        freely, without ``super()``. ``configure_callbacks`` only gives the refusals of unsupported Trainer
-        options their lightning-rnn wording; without ``super()`` Lightning's own errors refuse them.
+        freely, without ``super()``. ``configure_callbacks`` gives the refusals of unsupported Trainer options
+        their lightning-rnn wording and adds :class:`~lightning_rnn.callbacks.ExactResume`: an override should
+        return ``super().configure_callbacks() + [...]``; without it Lightning's own errors refuse those options
+        and ``fit`` warns that a resumed run will not be exact.
         Lightning 1.x's ``truncated_bptt_steps``, ``tbptt_split_batch`` and ``training_step(..., hiddens)`` are
         refused with the replacement named.
 
@@ -600,6 +602,15 @@ class TBPTTModule(LightningModule):
             self._bptt_rng.seed(seed)
             self._bptt_rng_seeded = True
         self._scheduler_unit = self._resolve_scheduler_unit(trainer)
+        from lightning_rnn.callbacks.resume import ExactResume
+
+        if not any(isinstance(c, ExactResume) for c in trainer.callbacks):
+            rank_zero_warn(
+                f"{type(self).__name__}.configure_callbacks() does not return TBPTTModule's (ExactResume): a fit "
+                "resumed from a checkpoint of this run will not restore the random number generators nor the "
+                "carried recurrent state. Call super().configure_callbacks() in your override, or pass "
+                "lightning_rnn.callbacks.ExactResume() to the Trainer."
+            )
         self._engine = _TBPTTEngine(self)
         trainer.callbacks.append(self._engine)
 

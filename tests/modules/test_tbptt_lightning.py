@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -178,6 +179,19 @@ def test_configure_callbacks_without_super_leaves_the_refusal_to_lightning():
     x, y = make_data(n=2, length=8)
     with pytest.raises(Exception, match=r"gradient_clip_val"):
         trainer(gradient_clip_val=1.0).fit(NoSuper(tbptt_steps=4), loader(x, y, 2))
+
+
+def test_configure_callbacks_without_super_warns_that_resume_is_not_exact():
+    class NoSuper(SeqRegressor):
+        def configure_callbacks(self):
+            return []
+
+    x, y = make_data(n=2, length=8)
+    with pytest.warns(UserWarning, match=r"ExactResume.*will not restore"):
+        trainer().fit(NoSuper(tbptt_steps=4), loader(x, y, 2))
+    with warnings.catch_warnings():  # with super() (or ExactResume on the Trainer) there is nothing to say
+        warnings.filterwarnings("error", message=".*ExactResume.*")
+        trainer().fit(SeqRegressor(tbptt_steps=4), loader(x, y, 2))
 
 
 class _RecordingSlices(SeqRegressor):
