@@ -275,7 +275,8 @@ class NTASGD(Callback):
         self._average = self._holder = None
         if state.get("average") is not None:
             self._start_average(pl_module)
-            assert self._average is not None
+            if self._average is None:  # _start_average always builds it; a subclass override might not
+                raise RuntimeError("Expected NTASGD._start_average to build the averaged model, got None")
             self._average.load_state_dict(state["average"])
         if state.get("training_weights") is not None:
             self._copy_into(pl_module, state["training_weights"])

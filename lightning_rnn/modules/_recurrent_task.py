@@ -167,6 +167,7 @@ class _RecurrentTask(TBPTTModule):
                     f"Expected token-id inputs: an integer tensor (N, L), got dtype {inputs.dtype} and shape "
                     f"{tuple(inputs.shape)}"
                 )
+            check_token_ids("inputs", inputs, self.embedding.num_embeddings)  # once per batch, not per chunk
         elif not inputs.is_floating_point() or inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
             raise ValueError(
                 f"Expected feature inputs: a floating tensor (N, L, {self.input_size}), got dtype {inputs.dtype} "
@@ -233,8 +234,6 @@ class _RecurrentTask(TBPTTModule):
         N rows (active rows replaced, graph attached), and the active row indices (A,).
         """
         n, k = inputs.shape[0], inputs.shape[1]
-        if self.embedding is not None:
-            check_token_ids("inputs", inputs, self.embedding.num_embeddings)
         if lengths is not None and tuple(lengths.shape) != (n,):
             raise ValueError(f"Expected lengths of shape ({n},) (one per row of inputs), got {tuple(lengths.shape)}")
         if state is None:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_rnn._validation import check_token_ids
 from lightning_rnn.modules._recurrent_task import _leaves, _RecurrentTask, no_loss
 from lightning_rnn.modules.tbptt import TBPTTStep
 from lightning_rnn.nn.pooling import AttentionPooling, length_mask, pool_finalize, pool_update
@@ -186,6 +187,8 @@ class RNNClassifier(_RecurrentTask):
         accumulators or None}``. Feeding a sequence in pieces with the state carried gives the logits of the
         whole sequence (TBPTT evaluation and :meth:`predict_step` do exactly that).
         """
+        if self.embedding is not None:
+            check_token_ids("inputs", inputs, self.embedding.num_embeddings)
         # lengths=None: the unpacked full-length path (what torch.export / ONNX trace)
         summary, state = self._chunk_summary(
             inputs, lengths.to(inputs.device) if lengths is not None else None, state

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_rnn._validation import check_token_ids
 from lightning_rnn.modules._recurrent_task import _RecurrentTask, no_loss
 from lightning_rnn.modules.tbptt import TBPTTStep
 from lightning_rnn.nn.pooling import length_mask
@@ -134,6 +135,8 @@ class RNNTagger(_RecurrentTask):
         the :class:`~lightning_rnn.nn.RNNStack` state after each row's last valid step.
         """
         n, length = inputs.shape[0], inputs.shape[1]
+        if self.embedding is not None:
+            check_token_ids("inputs", inputs, self.embedding.num_embeddings)
         # lengths=None: the unpacked full-length path (what torch.export / ONNX trace)
         out, state, idx = self.encode(inputs, lengths.to(inputs.device) if lengths is not None else None, state)
         logits = self.head(self.dropout(out))  # (A, L, C)
