@@ -51,6 +51,8 @@ def _apply_row_mask(
     """
     if mask is None:
         return x
+    if mask.dtype != x.dtype:  # under autocast: keep the activations' dtype (a float32 mask would promote)
+        mask = mask.to(x.dtype)
     if batch_sizes is not None:
         if bool((batch_sizes == mask.shape[0]).all()):  # every sequence full length: (L*N, F) time-major
             return (x.reshape(len(batch_sizes), mask.shape[0], -1) * mask).reshape_as(x)

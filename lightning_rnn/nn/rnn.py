@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -107,7 +108,10 @@ class RNNStack(nn.Module):
     (float32 unless the module was converted), whatever the kernel produced (cuDNN under autocast returns
     float16 state), so a state carried into the next call (truncated BPTT) always fits. An incoming state
     of any floating dtype is accepted and cast. Where this CPU's oneDNN has no low-precision LSTM kernel,
-    the fused LSTM call runs in float32 instead of failing. ``output`` is in whatever dtype the last
+    the fused LSTM call runs in float32 instead of failing. Under **bf16** autocast on CUDA the fused call
+    runs cuDNN in bf16 (float32 where cuDNN has no bf16 kernel), not in float16 as torch's cuDNN autocast
+    rule would run it (``torch.nn.LSTM`` under bf16 autocast computes in float16, without a gradient
+    scaler); float16 autocast is left to torch. ``output`` is in whatever dtype the last
     kernel produced (autocast's dtype or float32); without autocast, input, state and output are all in
     the parameters' dtype.
 
@@ -500,15 +504,23 @@ class RNNStack(nn.Module):
         """One fused call of torch's RNN kernel (what ``nn.LSTM.forward`` calls) over ``num_layers`` layers."""
         kernel = _KERNELS[self.cell]
         # One dtype in (the parameters'); under autocast torch's kernels choose their compute dtype as they
-        # do for torch.nn.LSTM (cuDNN and oneDNN's LSTM cast to autocast's dtype themselves).
+        # do for torch.nn.LSTM (cuDNN and oneDNN's LSTM cast to autocast's dtype themselves), except below.
         x, hx = x.to(weights[0].dtype), _cast_state(hx, weights[0].dtype)
         own = num_layers == self.num_layers and all(isinstance(w, nn.Parameter) for w in weights)
-        if x.is_cuda and not own and autocast_dtype("cuda") is None and not _is_one_chunk(weights):
-            # one layer's call or DropConnect-dropped weights: not the flattened parameter buffer (under
-            # autocast, cuDNN's cast re-flattens the weights on every call anyway)
-            weights = _one_chunk(weights)
         amp = autocast_dtype(x.device.type)
-        guard = contextlib.nullcontext()
+        guard: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if x.is_cuda and amp is not None and amp != torch.float16 and weights[0].dtype != torch.float64:
+            # torch's cuDNN autocast wrapper casts RNNs to float16 whatever autocast's dtype (at::kHalf in
+            # ATen's AutocastRNN.cpp): a bf16 run would silently compute its recurrence in fp16, without a
+            # gradient scaler. Run cuDNN in autocast's dtype ourselves, or in float32 where it has no kernel.
+            dtype = amp if _cuda_lowp_rnn_ok(self.cell, amp, x.device) else torch.float32
+            guard = torch.autocast("cuda", enabled=False)
+            x, hx = x.to(dtype), _cast_state(hx, dtype)
+            weights = self._cudnn_chunk(weights, num_layers, dtype)
+        elif x.is_cuda and not own and amp is None and not _is_one_chunk(weights):
+            # one layer's call or DropConnect-dropped weights: not the flattened parameter buffer (under
+            # fp16 autocast, cuDNN's cast re-flattens the weights on every call anyway)
+            weights = self._cudnn_chunk(weights, num_layers, None)
         if amp is not None and x.device.type == "cpu" and self.cell == "lstm" and not _cpu_lowp_lstm_ok(amp):
             guard = torch.autocast("cpu", enabled=False)  # no oneDNN kernel in that dtype here: float32
         with guard:
@@ -521,6 +533,38 @@ class RNNStack(nn.Module):
         if self.cell == "lstm":
             return res[0], (res[1], res[2])
         return res[0], res[1]
+
+    def _cudnn_chunk(self, weights: list[Tensor], num_layers: int, dtype: torch.dtype | None) -> list[Tensor]:
+        """``weights`` (cast to ``dtype``) as views of one fresh buffer in cuDNN's layout for this call.
+
+        cuDNN takes an RNN's weights without its per-call "not part of single contiguous chunk of memory"
+        warning and copy only when they are views of one buffer at the offsets it chooses (which depend on
+        the layer count and directions). The offsets come from torch's own flattening of placeholder
+        tensors of the same shapes (cached); gaps are zero-filled. Autograd-connected to ``weights``.
+        Without cuDNN the weights are concatenated in torch's order.
+        """
+        if dtype is not None:
+            weights = [w.to(dtype) for w in weights]
+        # offsets count elements; torch's cuDNN helpers accept fp16/32/64 placeholders only (bf16 as fp32)
+        placeholder = weights[0].dtype if weights[0].dtype != torch.bfloat16 else torch.float32
+        layout = _cudnn_layout(
+            self.cell, tuple(tuple(w.shape) for w in weights), num_layers, self.bidirectional, self.bias,
+            placeholder, weights[0].device,
+        )
+        if layout is None:
+            return _one_chunk(weights)
+        offsets, total = layout
+        with torch.profiler.record_function("lightning_rnn.one_chunk_weights"):  # counted by gpu_check.py
+            pieces, cursor = [], 0
+            for i in sorted(range(len(weights)), key=offsets.__getitem__):
+                if offsets[i] > cursor:
+                    pieces.append(weights[i].new_zeros(offsets[i] - cursor))
+                pieces.append(weights[i].reshape(-1))
+                cursor = offsets[i] + weights[i].numel()
+            if total > cursor:
+                pieces.append(weights[0].new_zeros(total - cursor))
+            flat = torch.cat(pieces)
+            return [flat[o : o + w.numel()].view(w.shape) for o, w in zip(offsets, weights)]
 
     def _residual_at(self, layer: int) -> bool:
         return self.residual == "all" or (bool(self.residual) and layer > 0)
@@ -686,6 +730,53 @@ def _cpu_lowp_lstm_ok_cached(dtype: torch.dtype, mkldnn: bool) -> bool:
             h = torch.zeros(1, 1, 2)
             weights = [torch.full((8, 2), 0.1), torch.full((8, 2), 0.1), torch.zeros(8), torch.zeros(8)]
             out = _VF.lstm(x, (h, h), weights, True, 1, 0.0, True, False, False)[0]
+            out.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
+@functools.cache
+def _cudnn_layout(
+    cell: str, shapes: tuple[tuple[int, ...], ...], num_layers: int, bidirectional: bool, bias: bool,
+    dtype: torch.dtype, device: torch.device,
+) -> tuple[list[int], int] | None:
+    """(offset of each weight, buffer length) in the one buffer cuDNN wants for these weights; None without
+    cuDNN. Read off torch's own flattening (``torch._cudnn_rnn_flatten_weight``, what ``nn.LSTM`` uses) of
+    uninitialised placeholders of the same shapes, once per configuration."""
+    if device.type != "cuda" or not torch.backends.cudnn.enabled or not torch._use_cudnn_rnn_flatten_weight():
+        return None
+    import torch.backends.cudnn.rnn as cudnn_rnn
+
+    placeholders = [torch.empty(shape, device=device, dtype=dtype) for shape in shapes]
+    if not all(torch.backends.cudnn.is_acceptable(p) for p in placeholders):
+        return None
+    mode = cudnn_rnn.get_cudnn_mode({"rnn": "RNN_TANH", "lstm": "LSTM", "gru": "GRU"}[cell])
+    with torch.cuda.device_of(placeholders[0]), torch.no_grad():
+        torch._cudnn_rnn_flatten_weight(
+            placeholders, 4 if bias else 2, shapes[0][1], mode, shapes[1][1], 0, num_layers, True, bidirectional
+        )
+    storage = placeholders[0].untyped_storage()
+    if any(p.untyped_storage().data_ptr() != storage.data_ptr() for p in placeholders):
+        return None
+    return [p.storage_offset() for p in placeholders], storage.nbytes() // placeholders[0].element_size()
+
+
+@functools.cache
+def _cuda_lowp_rnn_ok(cell: str, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether cuDNN runs ``cell`` (forward and backward) with ``dtype`` tensors on ``device``, outside
+    autocast. Probed once per (cell, dtype, device), on constant tensors (no RNG use)."""
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # cuDNN's weight-copy warning: these placeholders are not flattened
+            x = torch.ones(2, 1, 2, device=device, dtype=dtype, requires_grad=True)
+            h = torch.zeros(1, 1, 2, device=device, dtype=dtype)
+            weights = [torch.full((2 * gates, 2), 0.1, device=device, dtype=dtype) for _ in range(2)]
+            weights += [torch.zeros(2 * gates, device=device, dtype=dtype) for _ in range(2)]
+            hx = (h, h) if cell == "lstm" else h
+            out = _KERNELS[cell](x, hx, weights, True, 1, 0.0, True, False, False)[0]
             out.float().sum().backward()
     except RuntimeError:
         return False

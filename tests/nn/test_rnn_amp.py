@@ -155,3 +155,24 @@ def test_without_a_bf16_lstm_kernel_the_fused_call_runs_in_float32():
     assert res.returncode == 0, res.stderr[-2000:]
     if "lowp-kernel False" in res.stdout:  # (a oneDNN build may ignore ONEDNN_MAX_CPU_ISA)
         assert "torch.float32" in res.stdout  # the fused call ran in float32 instead of failing
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_step_tied_masks_keep_the_activations_dtype(batch_first):
+    """A float32 mask drawn for a bf16 activation does not promote it to float32 (an autocast run keeps
+    its dtype through input / layer / output dropout), and the values are the bf16 product."""
+    from lightning_rnn.nn.dropout import _apply_row_mask
+
+    x = torch.randn(N, L, F).to(torch.bfloat16)
+    mask = torch.bernoulli(torch.full((N, F), 0.7)) / 0.7
+    out = _apply_row_mask(x if batch_first else x.transpose(0, 1), mask, batch_first=batch_first)
+    assert out.dtype == torch.bfloat16
+    expected = x * mask.to(torch.bfloat16).unsqueeze(1)
+    torch.testing.assert_close(out if batch_first else out.transpose(0, 1), expected, rtol=0, atol=0)
+
+
+def test_locked_dropout_under_bf16_autocast_returns_autocast_dtype():
+    m = RNNStack("gru", F, H, 2, recurrent_dropout=0.3, recurrent_dropout_mode="state", output_dropout=0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = m(torch.randn(N, L, F))
+    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32
