@@ -1,3 +1,4 @@
+
 """Corpus scale: TextStreamDataModule's memory and setup time from megabytes to a gigabyte of text.
 
 Generates text files of the requested sizes from an embedded corpus (the pydoc topics and the standard library's
@@ -116,7 +117,7 @@ def child(args: argparse.Namespace) -> None:
     import lightning.pytorch as pl
     import torch
 
-    from lightning_rnn import RNNLanguageModel
+    from lightning_rnn import RNNConfig, RNNLanguageModel
     from lightning_rnn.data import TextStreamDataModule
 
     torch.manual_seed(0)
@@ -131,7 +132,7 @@ def child(args: argparse.Namespace) -> None:
     dm.setup("fit")
     setup_s = time.perf_counter() - start
     setup_hwm = _status_kib("VmHWM")
-    model = RNNLanguageModel(len(dm.vocab), embedding_dim=32, hidden_size=64)
+    model = RNNLanguageModel(len(dm.vocab), encoder=RNNConfig(hidden_size=64), embedding_dim=32)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=args.batches, limit_val_batches=0, num_sanity_val_steps=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=1)

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from lightning_rnn.functional.gradient_flow import per_lag_gradient_norms
-from lightning_rnn.nn import RNNStack
+from lightning_rnn.nn import RNNConfig, RNNStack
 
 CONTIGUITY = "contiguous chunk"
 ONE_CHUNK = "lightning_rnn.one_chunk_weights"  # record_function name in RNNStack
@@ -239,7 +239,7 @@ def module_probe_notes(device: torch.device, f: int, h: int) -> list[str]:
     try:
         from lightning_rnn import RNNLanguageModel
 
-        lm = RNNLanguageModel(vocab_size=50, embedding_dim=f, hidden_size=h).to(device)
+        lm = RNNLanguageModel(encoder=RNNConfig(hidden_size=h), vocab_size=50, embedding_dim=f).to(device)
         lm.train()
         ids = torch.randint(0, 50, (4, 17), device=device)
         batch = (ids[:, :-1], ids[:, 1:])

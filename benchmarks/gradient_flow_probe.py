@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from lightning_rnn import RNNLanguageModel, TBPTTModule
+from lightning_rnn import RNNConfig, RNNLanguageModel, TBPTTModule
 from lightning_rnn.functional import measure_gradient_flow
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     hidden = 32 if args.quick else args.hidden
     torch.manual_seed(0)
     vocab, rows = 1000, 32
-    model = RNNLanguageModel(vocab, hidden, hidden, num_layers=args.layers, tbptt_steps=35, layer_dropout=0.2)
+    model = RNNLanguageModel(vocab, hidden, encoder=RNNConfig(hidden_size=hidden, num_layers=args.layers, layer_dropout=0.2), tbptt_steps=35)
     model.to(device).train()
     length = args.max_lag + args.num_targets
     batch = (torch.randint(0, vocab, (rows, length), device=device), torch.randint(0, vocab, (rows, length), device=device))

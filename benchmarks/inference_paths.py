@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 
 
 class StepGraph(nn.Module):
@@ -113,8 +113,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = RNNLanguageModel(args.vocab, embedding_dim=args.embedding, hidden_size=args.hidden,
-                             num_layers=args.layers, cell=args.cell).eval()
+    model = RNNLanguageModel(args.vocab, encoder=RNNConfig(hidden_size=args.hidden, num_layers=args.layers, cell=args.cell), embedding_dim=args.embedding).eval()
     print(f"# inference_paths: {args.layers}x{args.hidden} {args.cell}, vocab {args.vocab}, L={args.length}, "
           f"threads={torch.get_num_threads()}, repeats={args.repeats}")
     print(f"{'N':>4} {'path':<12} {'tokens/s':>12} {'ratio':>7} {'max|diff|':>10}")

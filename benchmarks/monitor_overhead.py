@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 from lightning_rnn.callbacks import GradientFlowMonitor, SpectralNormMonitor
 
 
@@ -62,7 +62,7 @@ def _loader(vocab: int, batch: int, bptt: int, steps: int, seed: int = 0) -> Dat
 
 def _model(args, hidden: int) -> RNNLanguageModel:
     torch.manual_seed(0)
-    return RNNLanguageModel(args.vocab, hidden, hidden, num_layers=args.layers, tbptt_steps=args.bptt, lr=1e-3)
+    return RNNLanguageModel(args.vocab, hidden, encoder=RNNConfig(hidden_size=hidden, num_layers=args.layers), tbptt_steps=args.bptt, lr=1e-3)
 
 
 def _fit(args, callbacks: list[Callback], steps: int) -> tuple[float, list[float], RNNLanguageModel]:

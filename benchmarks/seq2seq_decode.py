@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from lightning_rnn import Seq2SeqAttention
+from lightning_rnn import RNNConfig, Seq2SeqAttention
 
 
 def main() -> None:
@@ -38,8 +38,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    model = Seq2SeqAttention(args.vocab, args.vocab, embedding_dim=32, hidden_size=args.hidden,
-                             decoder_hidden_size=2 * args.hidden, attention="bahdanau").eval()
+    model = Seq2SeqAttention(args.vocab, args.vocab, encoder=RNNConfig(bidirectional=True, hidden_size=args.hidden), embedding_dim=32, decoder_hidden_size=2 * args.hidden, attention="bahdanau").eval()
     with torch.no_grad():
         model.model.decoder.generator.bias[model.hparams.eos_id] = -1e4  # never stop early: fixed work
     src = torch.randint(3, args.vocab, (max(args.sequences, max(args.batch_sizes)), args.src_len))

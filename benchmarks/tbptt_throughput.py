@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,9 +106,7 @@ def main() -> None:
         (tokens[:, i * args.seq : (i + 1) * args.seq], tokens[:, i * args.seq + 1 : (i + 1) * args.seq + 1])
         for i in range(args.batches)
     ]
-    base = RNNLanguageModel(
-        args.vocab, args.hidden, args.hidden, args.layers, tbptt_steps=args.bptt, carry_state=True, lr=1e-3
-    )
+    base = RNNLanguageModel(args.vocab, args.hidden, encoder=RNNConfig(hidden_size=args.hidden, num_layers=args.layers), tbptt_steps=args.bptt, carry_state=True, lr=1e-3)
     n_tokens = args.batch * args.seq * args.batches
     # warm-up both paths once
     lightning_run(copy.deepcopy(base), batches[:1])

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.functional.text import bleu_score
 
-from lightning_rnn import Seq2SeqAttention
+from lightning_rnn import RNNConfig, Seq2SeqAttention
 from lightning_rnn.data.seq2seq import ReversalDataset, Seq2SeqCollate, seq2seq_collate
 from lightning_rnn.modules.seq2seq import strip_hypotheses
 
@@ -85,10 +85,7 @@ def main() -> None:
     examples = {}
     for name, kw in MODELS.items():
         L.seed_everything(args.seed, verbose=False)
-        model = Seq2SeqAttention(
-            train.vocab_size, train.vocab_size, embedding_dim=args.embedding, hidden_size=args.hidden,
-            decoder_hidden_size=2 * args.hidden, lr=args.lr, num_attention_maps=0, **kw,
-        )
+        model = Seq2SeqAttention(train.vocab_size, train.vocab_size, encoder=RNNConfig(bidirectional=True, hidden_size=args.hidden), embedding_dim=args.embedding, decoder_hidden_size=2 * args.hidden, lr=args.lr, num_attention_maps=0, **kw)
         trainer = L.Trainer(
             max_steps=args.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, gradient_clip_val=1.0, accelerator="cpu", devices=1,

@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_rnn import RNNClassifier
+from lightning_rnn import RNNClassifier, RNNConfig
 
 
 def load(permuted: bool, seed: int, limit: int | None = None) -> tuple[TensorDataset, TensorDataset]:
@@ -48,15 +48,7 @@ def load(permuted: bool, seed: int, limit: int | None = None) -> tuple[TensorDat
 def run(cell: str, permuted: bool, args: argparse.Namespace) -> dict[str, float]:
     pl.seed_everything(args.seed, verbose=False)
     train, test = load(permuted, args.seed, 100 if args.quick else None)
-    model = RNNClassifier(
-        10,
-        input_size=1,
-        hidden_size=args.hidden,
-        cell=cell,
-        lr=args.lr,
-        gradient_clip_val=1.0,
-        tbptt_steps=args.tbptt,
-    )
+    model = RNNClassifier(10, encoder=RNNConfig(hidden_size=args.hidden, cell=cell), input_size=1, lr=args.lr, gradient_clip_val=1.0, tbptt_steps=args.tbptt)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=args.epochs,

@@ -33,7 +33,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from torch import Tensor, nn
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 from lightning_rnn.data import TextStreamDataModule, Vocab
 
 
@@ -104,7 +104,7 @@ class StreamingPredictor:
 def train_small_lm(steps: int, max_bytes: int) -> tuple[RNNLanguageModel, Vocab]:
     dm = TextStreamDataModule(None, batch_size=16, bptt=64, max_bytes=max_bytes, val_fraction=0.0, test_fraction=0.0)
     dm.setup("fit")
-    model = RNNLanguageModel(dm.vocab_size, embedding_dim=32, hidden_size=128, lr=3e-3)
+    model = RNNLanguageModel(dm.vocab_size, encoder=RNNConfig(hidden_size=128), embedding_dim=32, lr=3e-3)
     trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, accelerator="cpu", devices=1)
     trainer.fit(model, datamodule=dm)

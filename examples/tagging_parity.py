@@ -29,7 +29,7 @@ import argparse
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from lightning_rnn import RNNTagger
+from lightning_rnn import RNNConfig, RNNTagger
 from lightning_rnn.data import make_bit_streams, pad_collate
 
 
@@ -37,10 +37,7 @@ def run(task: str, k: int | None, args: argparse.Namespace) -> float:
     pl.seed_everything(args.seed, verbose=False)
     train = make_bit_streams(task, args.train, args.length, args.delay, args.seed)
     test = make_bit_streams(task, args.test, args.length, args.delay, args.seed + 1)
-    model = RNNTagger(
-        2, vocab_size=2, embedding_dim=4, hidden_size=args.hidden, cell=args.cell, tbptt_steps=k, lr=args.lr,
-        gradient_clip_val=1.0,
-    )
+    model = RNNTagger(2, encoder=RNNConfig(hidden_size=args.hidden, cell=args.cell), vocab_size=2, embedding_dim=4, tbptt_steps=k, lr=args.lr, gradient_clip_val=1.0)
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=args.epochs, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
     "RNNClassifier": "lightning_rnn.modules.classifier",
+    "RNNConfig": "lightning_rnn.nn.rnn_config",
     "RNNLanguageModel": "lightning_rnn.modules.language_model",
     "RNNTagger": "lightning_rnn.modules.tagger",
     "Seq2SeqAttention": "lightning_rnn.modules.seq2seq",
@@ -28,6 +29,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "__version__",
     "RNNClassifier",
+    "RNNConfig",
     "RNNLanguageModel",
     "RNNTagger",
     "Seq2SeqAttention",
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from lightning_rnn.modules.seq2seq import Seq2SeqAttention
     from lightning_rnn.modules.tagger import RNNTagger
     from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
+    from lightning_rnn.nn.rnn_config import RNNConfig
 
 
 #: subpackages reachable as attributes after a bare ``import lightning_rnn`` (imported on first access)

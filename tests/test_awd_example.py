@@ -22,7 +22,7 @@ CONFIG = ROOT / "examples" / "awd_lstm.yaml"
 SNIPPET = '''\
 import lightning as L
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 from lightning_rnn.callbacks import NTASGD
 from lightning_rnn.data import TextStreamDataModule
 
@@ -30,11 +30,12 @@ from lightning_rnn.data import TextStreamDataModule
 data = TextStreamDataModule("stdlib:pydoc_topics", level="word", batch_size=20, eval_batch_size=10,
                             bptt=280, val_fraction=0.1, test_fraction=0.1)
 model = RNNLanguageModel(
-    data.vocab_size, embedding_dim=200, hidden_size=200, num_layers=3, tie_weights=True,
+    data.vocab_size, embedding_dim=200, tie_weights=True,
+    encoder=RNNConfig(hidden_size=200, num_layers=3,
+                      input_dropout=0.65, layer_dropout=0.3, output_dropout=0.4,  # locked (step-tied) dropout
+                      recurrent_dropout=0.5),  # DropConnect on W_hh
     tbptt_steps=70, variable_bptt=True,  # chunk lengths ~ N(70, 5), lr scaled per chunk
     embedding_dropout=0.1,  # whole vocabulary rows
-    input_dropout=0.65, layer_dropout=0.3, output_dropout=0.4,  # locked (step-tied) dropout
-    recurrent_dropout=0.5,  # DropConnect on W_hh
     ar_alpha=2.0, tar_beta=1.0,  # AR / TAR on the last layer's outputs
     optimizer="sgd", lr=30.0, weight_decay=1.2e-6, gradient_clip_val=0.25,
 )
@@ -78,7 +79,8 @@ class MyLM(TBPTTModule):
 #: the snippet shrunk to seconds: (text in the snippet, replacement)
 SHRINK = [
     ("batch_size=20, eval_batch_size=10,\n                            bptt=280", "batch_size=4, eval_batch_size=4, bptt=24"),
-    ("embedding_dim=200, hidden_size=200, num_layers=3", "embedding_dim=8, hidden_size=8, num_layers=2"),
+    ("embedding_dim=200", "embedding_dim=8"),
+    ("hidden_size=200, num_layers=3", "hidden_size=8, num_layers=2"),
     ("tbptt_steps=70", "tbptt_steps=8"),
     ("max_epochs=150", "max_epochs=3, limit_train_batches=2, limit_val_batches=2, limit_test_batches=2, "
                        "logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False"),
@@ -120,7 +122,7 @@ def test_config_fits_tiny_with_every_piece(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     cli = cli_main([
         "fit", "--config", str(CONFIG),
-        "--model.init_args.embedding_dim=8", "--model.init_args.hidden_size=8", "--model.init_args.num_layers=2",
+        "--model.init_args.embedding_dim=8", "--model.init_args.encoder.hidden_size=8", "--model.init_args.encoder.num_layers=2",
         "--model.init_args.tbptt_steps=8", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4",
         "--data.init_args.bptt=24", "--trainer.max_epochs=3", "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
@@ -132,8 +134,9 @@ def test_config_fits_tiny_with_every_piece(tmp_path: Path, monkeypatch: pytest.M
     assert hp.vocab_size == dm.vocab_size > 1000 and model.decoder.weight is model.embedding.weight
     assert (hp.variable_bptt, hp.ar_alpha, hp.tar_beta, hp.optimizer, hp.lr, hp.gradient_clip_val) == (
         True, 2.0, 1.0, "sgd", 30.0, 0.25)
-    for name in ("embedding_dropout", "input_dropout", "layer_dropout", "output_dropout", "recurrent_dropout"):
-        assert hp[name] > 0, name
+    assert hp.embedding_dropout > 0
+    for name in ("input_dropout", "layer_dropout", "output_dropout", "recurrent_dropout"):
+        assert hp.encoder[name] > 0, name
     nt = [cb for cb in trainer.callbacks if type(cb).__name__ == "NTASGD"]
     assert len(nt) == 1 and nt[0].n == 5 and len(nt[0].history) == 3  # one evaluation per epoch
     assert {"train/ar", "train/tar", "val/loss"} <= set(trainer.callback_metrics)

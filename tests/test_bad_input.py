@@ -38,11 +38,20 @@ from lightning_rnn.data import (
     seq2seq_collate,
 )
 from lightning_rnn.modules import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention, TBPTTModule
-from lightning_rnn.nn import BahdanauAttention, EmbeddingDropout, LockedDropout, LuongAttention, RNNStack
+from lightning_rnn.nn import (
+    BahdanauAttention,
+    EmbeddingDropout,
+    LockedDropout,
+    LuongAttention,
+    RNNConfig,
+    RNNStack,
+)
 from lightning_rnn.nn.search import beam_search, greedy_search
+from tests._encoder import with_encoder
 
 NAN, INF = math.nan, math.inf
 E = ValueError
+T = TypeError
 
 # --------------------------------------------------------------------------------------------- tables
 
@@ -145,7 +154,7 @@ SEARCH = [
 
 
 def _lm(**kw):
-    return RNNLanguageModel(**({"vocab_size": 10, "embedding_dim": 4, "hidden_size": 4} | kw))
+    return RNNLanguageModel(**with_encoder({"vocab_size": 10, "embedding_dim": 4, "hidden_size": 4} | kw))
 
 
 LANGUAGE_MODEL = [
@@ -153,6 +162,11 @@ LANGUAGE_MODEL = [
     (lambda: _lm(vocab_size="10"), E, r"Expected vocab_size .*got '10'"),
     (lambda: _lm(embedding_dim=False), E, r"Expected embedding_dim .*got False"),
     (lambda: _lm(hidden_size=0), E, r"hidden_size"),
+    (lambda: RNNLanguageModel(10, encoder="lstm"), T, r"Expected encoder to be an RNNConfig, a dict of its fields or None, got str"),
+    (lambda: RNNLanguageModel(10, encoder={"hidden": 4}), T, r"Expected encoder keys among \[.*'hidden_size'.*\], got \['hidden'\]"),
+    (lambda: RNNLanguageModel(10, encoder={"hidden_size": 0}), E, r"Expected hidden_size to be an int >= 1, got 0"),
+    (lambda: RNNConfig(residual="yes"), E, r"Expected residual to be False, True or 'all', got 'yes'"),
+    (lambda: RNNConfig(residual=True), E, r"Expected num_layers >= 2 for residual=True"),
     (lambda: _lm(num_layers=0), E, r"num_layers"),
     (lambda: _lm(cell="cnn"), E, r"Expected cell to be one of"),
     (lambda: _lm(embedding_dropout=1.0), E, r"Expected embedding_dropout .*got 1.0"),
@@ -197,7 +211,7 @@ LANGUAGE_MODEL = [
 
 
 def _clf(**kw):
-    return RNNClassifier(**({"num_classes": 3, "vocab_size": 10, "embedding_dim": 4, "hidden_size": 4} | kw))
+    return RNNClassifier(**with_encoder({"num_classes": 3, "vocab_size": 10, "embedding_dim": 4, "hidden_size": 4} | kw))
 
 
 CLASSIFIER = [
@@ -221,7 +235,7 @@ CLASSIFIER = [
 
 
 def _tagger(**kw):
-    return RNNTagger(**({"num_classes": 3, "vocab_size": 10, "embedding_dim": 4, "hidden_size": 4} | kw))
+    return RNNTagger(**with_encoder({"num_classes": 3, "vocab_size": 10, "embedding_dim": 4, "hidden_size": 4} | kw))
 
 
 TAGGER = [
@@ -237,7 +251,8 @@ TAGGER = [
 
 
 def _s2s(**kw):
-    return Seq2SeqAttention(**({"src_vocab": 10, "tgt_vocab": 10, "embedding_dim": 4, "hidden_size": 4} | kw))
+    return Seq2SeqAttention(**with_encoder({"src_vocab": 10, "tgt_vocab": 10, "embedding_dim": 4, "hidden_size": 4} | kw,
+                                         RNNConfig(bidirectional=True)))
 
 
 SEQ2SEQ = [

@@ -15,6 +15,7 @@ import yaml
 from lightning_rnn.cli import VOCAB_KEY, main
 from lightning_rnn.cli.vocab import vocab_from_checkpoint
 from lightning_rnn.data import CharVocab
+from lightning_rnn.nn import RNNConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "char_lm.yaml"
@@ -22,7 +23,7 @@ CONFIG = ROOT / "examples" / "char_lm.yaml"
 # the shipped demo config, shrunk to seconds from the command line
 TINY = [
     "--model.init_args.embedding_dim=8",
-    "--model.init_args.hidden_size=16",
+    "--model.init_args.encoder.hidden_size=16",
     "--model.init_args.tbptt_steps=8",
     "--data.init_args.batch_size=4",
     "--data.init_args.bptt=16",
@@ -125,7 +126,7 @@ def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[
     saved.write_text(printed)
     cfg = yaml.safe_load(printed)
     assert cfg["model"]["class_path"] == "lightning_rnn.RNNLanguageModel"
-    assert cfg["model"]["init_args"]["hidden_size"] == 16 and cfg["trainer"]["max_steps"] == 20
+    assert cfg["model"]["init_args"]["encoder"]["hidden_size"] == 16 and cfg["trainer"]["max_steps"] == 20
     assert "vocab_size" not in cfg["model"]["init_args"]  # linked, not configurable
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(saved), "--print_config"])
@@ -171,7 +172,7 @@ def test_bad_checkpoint_is_one_line_error(tmp_path: Path, capsys: pytest.Capture
     # a Lightning checkpoint whose weights do not fit RNNLanguageModel
     from lightning_rnn import RNNLanguageModel
 
-    lm = RNNLanguageModel(vocab_size=5, embedding_dim=4, hidden_size=4)
+    lm = RNNLanguageModel(encoder=RNNConfig(hidden_size=4), vocab_size=5, embedding_dim=4)
     state = {k: v for k, v in lm.state_dict().items() if not k.startswith("decoder")}
     wrong = tmp_path / "wrong.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": dict(lm.hparams),
@@ -183,7 +184,7 @@ def test_bad_checkpoint_is_one_line_error(tmp_path: Path, capsys: pytest.Capture
 def test_library_value_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corpus = _corpus(tmp_path / "c.py")
     line = _error_line(capsys, ["fit", "--config", str(CONFIG), f"--data.init_args.source={corpus}", *TINY,
-                                "--model.init_args.cell=transformer"])
+                                "--model.init_args.encoder.cell=transformer"])
     assert "cell" in line and "lstm" in line
 
 

@@ -33,7 +33,7 @@ CONFIGS = {
     "classify_code": (
         [
             "--model.init_args.embedding_dim=8",
-            "--model.init_args.hidden_size=16",
+            "--model.init_args.encoder.hidden_size=16",
             "--data.init_args.packages=[json, email, http]",
             "--data.init_args.samples_per_class=40",
             "--data.init_args.max_length=40",
@@ -47,7 +47,7 @@ CONFIGS = {
     ),
     "tagger_delay": (
         [
-            "--model.init_args.hidden_size=8",
+            "--model.init_args.encoder.hidden_size=8",
             "--model.init_args.tbptt_steps=8",
             "--data.init_args.length=20",
             "--data.init_args.delay=3",
@@ -63,7 +63,7 @@ CONFIGS = {
     "seq2seq_reverse": (
         [
             "--model.init_args.embedding_dim=8",
-            "--model.init_args.hidden_size=8",
+            "--model.init_args.encoder.hidden_size=8",
             "--model.init_args.decoder_hidden_size=16",
             "--model.init_args.num_attention_maps=1",
             "--data.init_args.num_train=64",
@@ -168,7 +168,7 @@ def test_data_module_without_a_linked_size_is_one_line_error(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "mismatch.yaml"
     config.write_text(yaml.safe_dump({
-        "model": {"class_path": "lightning_rnn.RNNClassifier", "init_args": {"hidden_size": 8}},
+        "model": {"class_path": "lightning_rnn.RNNClassifier", "init_args": {"encoder": {"hidden_size": 8}}},
         "data": {"class_path": "lightning_rnn.data.ReversalDataModule", "init_args": {"num_train": 8}},
         "trainer": {"max_steps": 1, "logger": False},
     }))

@@ -25,7 +25,15 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from lightning_rnn import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention, TBPTTModule, TBPTTStep
+from lightning_rnn import (
+    RNNClassifier,
+    RNNConfig,
+    RNNLanguageModel,
+    RNNTagger,
+    Seq2SeqAttention,
+    TBPTTModule,
+    TBPTTStep,
+)
 from lightning_rnn.data import (
     BitStreamTaggingDataModule,
     ReversalDataModule,
@@ -34,6 +42,7 @@ from lightning_rnn.data import (
 )
 from lightning_rnn.modules.seq2seq import strip_hypotheses
 from tests._cpu_features import cpu_bf16_lstm_supported
+from tests._encoder import with_encoder
 
 PRECISIONS = ("32-true", "bf16-mixed")
 MODULES = ("lm", "classifier", "tagger", "seq2seq", "custom")
@@ -140,7 +149,7 @@ def make_case(name: str, precision: str, tmp: Path) -> Case:
         text = "the quick brown fox jumps over the lazy dog; " * 12
         dm = TextStreamDataModule(text, batch_size=2, bptt=8, val_fraction=0.15, test_fraction=0.15)
         dm.setup("fit")
-        model = RNNLanguageModel(len(dm.vocab), 8, 16, cell=cell, tbptt_steps=4)
+        model = RNNLanguageModel(len(dm.vocab), 8, encoder=RNNConfig(hidden_size=16, cell=cell), tbptt_steps=4)
         carried: list = [None]
         return Case(model, dm, lambda m, b: _lm_reference(m, b, carried))
     if name == "classifier":
@@ -148,12 +157,12 @@ def make_case(name: str, precision: str, tmp: Path) -> Case:
         source.write_text("".join(f"{'ab'[i % 2]}\t{'xy'[i % 2] * (3 + i % 5)}{'z' * (i % 3)}\n" for i in range(40)))
         dm = TextClassificationDataModule(str(source), batch_size=8, max_length=12, val_fraction=0.2, test_fraction=0.2)
         dm.setup("fit")
-        model = RNNClassifier(dm.num_classes, dm.vocab_size, None, 8, 16, cell=cell, tbptt_steps=3, summary="mean")
+        model = RNNClassifier(dm.num_classes, dm.vocab_size, None, 8, encoder=RNNConfig(hidden_size=16, cell=cell), tbptt_steps=3, summary="mean")
         return Case(model, dm, lambda m, b: torch.softmax(m(b["inputs"], lengths=b["lengths"])[0].float(), -1))
     if name == "tagger":
         dm = BitStreamTaggingDataModule("parity", length=12, num_train=8, num_val=4, num_test=4, batch_size=4,
                                         eval_batch_size=4)
-        model = RNNTagger(dm.num_classes, dm.vocab_size, None, 4, 16, cell=cell, tbptt_steps=4)
+        model = RNNTagger(dm.num_classes, dm.vocab_size, None, 4, encoder=RNNConfig(hidden_size=16, cell=cell), tbptt_steps=4)
 
         def tags(m: RNNTagger, b: dict) -> Tensor:
             logits, _ = m(b["inputs"], lengths=b["lengths"])
@@ -163,8 +172,7 @@ def make_case(name: str, precision: str, tmp: Path) -> Case:
     if name == "seq2seq":
         dm = ReversalDataModule(num_train=8, num_val=4, num_test=4, num_symbols=5, train_max_len=5, test_max_len=6,
                                 batch_size=4, eval_batch_size=4)
-        model = Seq2SeqAttention(dm.src_vocab_size, dm.tgt_vocab_size, 8, 8, 1, cell, max_decode_len=8,
-                                 num_attention_maps=0, optimizer="adamw")
+        model = Seq2SeqAttention(dm.src_vocab_size, dm.tgt_vocab_size, 8, encoder=RNNConfig(bidirectional=True, hidden_size=8, num_layers=1, cell=cell), max_decode_len=8, num_attention_maps=0, optimizer="adamw")
 
         def decoded(m: Seq2SeqAttention, b: dict) -> list[list[int]]:
             out = m.generate(b["src"], b["src_lengths"])
@@ -354,17 +362,18 @@ def _build(name: str, options: dict[str, Any]) -> L.LightningModule:
     torch.manual_seed(0)
     options = dict(options)
     if name == "lm":
-        return RNNLanguageModel(V, **{"embedding_dim": 6, "hidden_size": 8, **options})
+        return RNNLanguageModel(V, **with_encoder({"embedding_dim": 6, "hidden_size": 8, **options}))
     if name in ("classifier", "tagger"):
         cls = RNNClassifier if name == "classifier" else RNNTagger
-        return cls(3, **{"vocab_size": V, "embedding_dim": 4, "hidden_size": 8, **options})
+        return cls(3, **with_encoder({"vocab_size": V, "embedding_dim": 4, "hidden_size": 8, **options}))
     from lightning_rnn.data import CharVocab
 
     vocab = CharVocab.build("abcdefghi")
     for key in ("src_vocab", "tgt_vocab"):
         options[key] = vocab if options.get(key) == "vocab" else V
     return Seq2SeqAttention(options.pop("src_vocab"), options.pop("tgt_vocab"),
-                            **{"embedding_dim": 6, "hidden_size": 8, **options})
+                            **with_encoder({"embedding_dim": 6, "hidden_size": 8, **options},
+                                           RNNConfig(bidirectional=True)))
 
 
 def _outputs(name: str, model: L.LightningModule) -> list[Tensor]:
@@ -415,8 +424,11 @@ def test_one_constructor_shape_and_names(cls: type) -> None:
 
     params = inspect.signature(cls).parameters
     positional = [n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-    # (<task sizes>, embedding_dim, hidden_size, num_layers, cell, *, options)
-    assert positional[-4:] == ["embedding_dim", "hidden_size", "num_layers", "cell"]
+    # (<task sizes>, embedding_dim, encoder, *, options): the recurrent stack is one RNNConfig
+    assert positional[-2:] == ["embedding_dim", "encoder"]
+    assert params["encoder"].annotation in ("RNNConfig", RNNConfig) and isinstance(params["encoder"].default, RNNConfig)
+    assert not {"hidden_size", "num_layers", "cell", "bidirectional", "input_dropout", "layer_dropout",
+                "output_dropout", "recurrent_dropout", "recurrent_dropout_mode", "zoneout"} & set(params)
     assert {"optimizer", "lr", "weight_decay"} <= set(params)
     assert not {"ignore_index", "tie_embeddings", "embedding_size"} & set(params)
     if cls is not RNNClassifier:  # the classifier has no per-step targets, hence no padding id
@@ -428,7 +440,8 @@ def test_one_constructor_shape_and_names(cls: type) -> None:
 @pytest.mark.parametrize("cls", (RNNLanguageModel, RNNClassifier, RNNTagger), ids=lambda c: c.__name__)
 def test_recurrent_forward_takes_and_returns_state(cls: type) -> None:
     torch.manual_seed(0)
-    model = cls(V, embedding_dim=4, hidden_size=6) if cls is RNNLanguageModel else cls(3, V, None, 4, 6)
+    encoder = RNNConfig(hidden_size=6)
+    model = cls(V, embedding_dim=4, encoder=encoder) if cls is RNNLanguageModel else cls(3, V, None, 4, encoder)
     model.eval()
     x = torch.randint(0, V, (2, 8))
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from lightning_rnn import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention
+from lightning_rnn import RNNClassifier, RNNConfig, RNNLanguageModel, RNNTagger, Seq2SeqAttention
 
 V = 23  # vocabulary size
 
@@ -45,12 +45,12 @@ class _LMWithState(nn.Module):
 
 def _modules() -> dict[str, tuple[nn.Module, tuple]]:
     torch.manual_seed(0)
-    lm = RNNLanguageModel(V, embedding_dim=8, hidden_size=16, num_layers=2)
-    gru = RNNLanguageModel(V, embedding_dim=8, hidden_size=16, cell="gru")
-    clf = RNNClassifier(3, vocab_size=V, embedding_dim=8, hidden_size=16)  # summary="last"
-    clf_mean = RNNClassifier(3, vocab_size=V, embedding_dim=8, hidden_size=16, summary="mean", bidirectional=True)
-    tagger = RNNTagger(4, vocab_size=V, embedding_dim=8, hidden_size=16, bidirectional=True)
-    s2s = Seq2SeqAttention(V, V, embedding_dim=8, hidden_size=16)
+    lm = RNNLanguageModel(V, encoder=RNNConfig(hidden_size=16, num_layers=2), embedding_dim=8)
+    gru = RNNLanguageModel(V, encoder=RNNConfig(hidden_size=16, cell="gru"), embedding_dim=8)
+    clf = RNNClassifier(3, encoder=RNNConfig(hidden_size=16), vocab_size=V, embedding_dim=8)  # summary="last"
+    clf_mean = RNNClassifier(3, encoder=RNNConfig(hidden_size=16, bidirectional=True), vocab_size=V, embedding_dim=8, summary="mean")
+    tagger = RNNTagger(4, encoder=RNNConfig(hidden_size=16, bidirectional=True), vocab_size=V, embedding_dim=8)
+    s2s = Seq2SeqAttention(V, V, encoder=RNNConfig(bidirectional=True, hidden_size=16), embedding_dim=8)
     x = _ids(3, 9)
     h = torch.randn(2, 3, 16)
     return {
@@ -89,7 +89,7 @@ def test_torch_export_matches_eager_at_other_batch_sizes(name):
 def test_exported_step_carried_state_equals_the_full_sequence_forward():
     """One token in, one token out, state carried between calls = the fused forward over the whole sequence."""
     torch.manual_seed(0)
-    lm = RNNLanguageModel(V, embedding_dim=8, hidden_size=16, num_layers=2).eval()
+    lm = RNNLanguageModel(V, encoder=RNNConfig(hidden_size=16, num_layers=2), embedding_dim=8).eval()
     step = _LMWithState(lm)
     h, c = torch.zeros(2, 4, 16), torch.zeros(2, 4, 16)  # two tensors: export treats aliased inputs as one
     with warnings.catch_warnings():
@@ -150,7 +150,7 @@ def _load_example():
 def test_streaming_predictor_equals_full_forward_and_resets_rows(export):
     example = _load_example()
     torch.manual_seed(0)
-    lm = RNNLanguageModel(V, embedding_dim=8, hidden_size=16, num_layers=2)
+    lm = RNNLanguageModel(V, encoder=RNNConfig(hidden_size=16, num_layers=2), embedding_dim=8)
     stream = example.StreamingPredictor(lm, num_streams=3, export=export)
     tokens = _ids(3, 6, seed=1)
     stepped = torch.stack([stream.step(tokens[:, t]) for t in range(6)], dim=1)

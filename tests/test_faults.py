@@ -16,7 +16,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_rnn import RNNLanguageModel, RNNTagger, Seq2SeqAttention
+from lightning_rnn import RNNConfig, RNNLanguageModel, RNNTagger, Seq2SeqAttention
 from lightning_rnn.callbacks import AdaptiveGradientClipping, CheckpointDirCheck, LastCheckpoint
 from lightning_rnn.checkpoint_io import CheckpointError, SafeCheckpointIO, load_checkpoint
 from lightning_rnn.cli import main
@@ -38,7 +38,7 @@ class _RunsCode:
 
 
 def _tagger_ckpt(path: Path, **extra: Any) -> Path:
-    model = RNNTagger(num_classes=2, vocab_size=2, hidden_size=4, embedding_dim=2)
+    model = RNNTagger(encoder=RNNConfig(hidden_size=4), num_classes=2, vocab_size=2, embedding_dim=2)
     torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": "2.6.0",
                 "hyper_parameters": {"_class_path": "lightning_rnn.RNNTagger", **dict(model.hparams)}, **extra}, path)
     return path
@@ -63,7 +63,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_loading_entry_poin
     trainer = Trainer(plugins=[SafeCheckpointIO()], logger=False, enable_progress_bar=False, max_steps=1)
     dm = BitStreamTaggingDataModule(num_train=4, num_val=4, num_test=4, length=8, batch_size=4)
     with pytest.raises(CheckpointError):
-        trainer.validate(RNNTagger(num_classes=2, vocab_size=2, hidden_size=4), dm, ckpt_path=path)
+        trainer.validate(RNNTagger(encoder=RNNConfig(hidden_size=4), num_classes=2, vocab_size=2), dm, ckpt_path=path)
     tagger = ["--config", str(EXAMPLES / "tagger_delay.yaml"), "--trainer.logger=false"]
     for sub in SUBCOMMANDS:
         line = _error_line(capsys, [sub, *tagger, "--ckpt_path", str(path)])
@@ -118,7 +118,7 @@ class ShoutingLM(RNNLanguageModel):
 
 def _lm_ckpt(path: Path, cls: type = RNNLanguageModel) -> Path:
     vocab = CharVocab.build("def abc\n")
-    model = cls(vocab_size=len(vocab), embedding_dim=4, hidden_size=4)
+    model = cls(vocab_size=len(vocab), embedding_dim=4, encoder=RNNConfig(hidden_size=4))
     hparams = {"_class_path": f"{cls.__module__}.{cls.__qualname__}", **dict(model.hparams),
                "_instantiator": "lightning.pytorch.cli.instantiate_module"}
     torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": "2.6.0", "hyper_parameters": hparams,
@@ -172,7 +172,7 @@ def test_atomic_save_never_leaves_a_truncated_checkpoint(tmp_path: Path, monkeyp
 
 def _fit_with_checkpoint_dir(dirpath: str, tmp_path: Path) -> None:
     dm = BitStreamTaggingDataModule(num_train=4, num_val=4, num_test=4, length=8, batch_size=4)
-    model = RNNTagger(num_classes=2, vocab_size=2, hidden_size=4)
+    model = RNNTagger(encoder=RNNConfig(hidden_size=4), num_classes=2, vocab_size=2)
     trainer = Trainer(max_steps=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
                       callbacks=[CheckpointDirCheck(), LastCheckpoint(dirpath, every_n_steps=1)],
                       plugins=[SafeCheckpointIO()])
@@ -213,7 +213,7 @@ def test_two_adaptive_clipping_callbacks_are_refused(tmp_path: Path) -> None:
     trainer = Trainer(max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
                       callbacks=[AdaptiveGradientClipping(quantile=0.9), AdaptiveGradientClipping(quantile=0.5)])
     with pytest.raises(ValueError, match="Expected one AdaptiveGradientClipping callback per Trainer, got 2"):
-        trainer.fit(RNNTagger(num_classes=2, vocab_size=2, hidden_size=4), dm)
+        trainer.fit(RNNTagger(encoder=RNNConfig(hidden_size=4), num_classes=2, vocab_size=2), dm)
 
 
 def test_seq2seq_pad_id_equal_to_eos_id_is_refused() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
-from lightning_rnn import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention
+from lightning_rnn import RNNClassifier, RNNConfig, RNNLanguageModel, RNNTagger, Seq2SeqAttention
 from lightning_rnn.callbacks import AdaptiveGradientClipping
 from lightning_rnn.checkpoint_io import SafeCheckpointIO
 from lightning_rnn.data import (
@@ -53,23 +53,19 @@ def _case(name: str, tmp: Path) -> tuple[Any, Any]:
     if name == "tagger":
         dm = BitStreamTaggingDataModule("delay", length=24, delay=3, num_train=24, num_val=8, num_test=8,
                                         batch_size=8, seed=3)
-        model = RNNTagger(num_classes=2, vocab_size=2, embedding_dim=4, hidden_size=8, tbptt_steps=7,
-                          input_dropout=0.2, output_dropout=0.2, lr=0.01)
+        model = RNNTagger(encoder=RNNConfig(hidden_size=8, input_dropout=0.2, output_dropout=0.2), num_classes=2, vocab_size=2, embedding_dim=4, tbptt_steps=7, lr=0.01)
     elif name == "classifier":
         dm = TextClassificationDataModule(packages=["json", "email"], samples_per_class=16, max_length=30,
                                           batch_size=8)
-        model = RNNClassifier(vocab_size=dm.vocab_size, num_classes=dm.num_classes, embedding_dim=8, hidden_size=8,
-                              input_dropout=0.2, dropout=0.2, lr=0.01)
+        model = RNNClassifier(encoder=RNNConfig(hidden_size=8, input_dropout=0.2), vocab_size=dm.vocab_size, num_classes=dm.num_classes, embedding_dim=8, dropout=0.2, lr=0.01)
     elif name == "seq2seq":
         dm = ReversalDataModule(num_train=40, num_val=8, num_test=8, num_symbols=6, train_max_len=6,
                                 test_max_len=6, batch_size=8)
-        model = Seq2SeqAttention(src_vocab=dm.src_vocab_size, tgt_vocab=dm.tgt_vocab_size, embedding_dim=8,
-                                 hidden_size=8, decoder_hidden_size=8, input_dropout=0.2, lr=0.01)
+        model = Seq2SeqAttention(encoder=RNNConfig(bidirectional=True, hidden_size=8, input_dropout=0.2), src_vocab=dm.src_vocab_size, tgt_vocab=dm.tgt_vocab_size, embedding_dim=8, decoder_hidden_size=8, lr=0.01)
     else:  # language model on a text stream, state carried across batches
         dm = TextStreamDataModule(source=str(_text(tmp)), batch_size=4, bptt=12, val_fraction=0.1,
                                   test_fraction=0.0)
-        model = RNNLanguageModel(vocab_size=dm.vocab_size, embedding_dim=8, hidden_size=8, tbptt_steps=5,
-                                 carry_state=True, input_dropout=0.2, output_dropout=0.2, lr=0.01)
+        model = RNNLanguageModel(encoder=RNNConfig(hidden_size=8, input_dropout=0.2, output_dropout=0.2), vocab_size=dm.vocab_size, embedding_dim=8, tbptt_steps=5, carry_state=True, lr=0.01)
     return model, dm
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TAGGER = ["--model.init_args.hidden_size=8", "--model.init_args.tbptt_steps=8", "--model.init_args.input_dropout=0.2",
+TAGGER = ["--model.init_args.encoder.hidden_size=8", "--model.init_args.tbptt_steps=8", "--model.init_args.encoder.input_dropout=0.2",
           "--data.init_args.length=20", "--data.init_args.delay=3", "--data.init_args.num_train=32",
           "--data.init_args.num_val=8", "--data.init_args.batch_size=8", "--trainer.logger=false",
           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",

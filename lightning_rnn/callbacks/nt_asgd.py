@@ -76,9 +76,9 @@ class NTASGD(Callback):
     Example::
 
         >>> from lightning.pytorch import Trainer
-        >>> from lightning_rnn import RNNLanguageModel
+        >>> from lightning_rnn import RNNConfig, RNNLanguageModel
         >>> from lightning_rnn.callbacks import NTASGD
-        >>> model = RNNLanguageModel(100, 32, 32, tbptt_steps=35, optimizer="sgd", lr=30, gradient_clip_val=0.25)
+        >>> model = RNNLanguageModel(100, 32, RNNConfig(hidden_size=32), tbptt_steps=35, optimizer="sgd", lr=30, gradient_clip_val=0.25)
         >>> trainer = Trainer(callbacks=[NTASGD(n=5)], logger=False)
     """
 

@@ -6,7 +6,7 @@ Usage::
     lightning-rnn fit --config examples/classify_code.yaml                 # RNNClassifier, stdlib snippets
     lightning-rnn fit --config examples/tagger_delay.yaml                  # RNNTagger + TBPTT, bit streams
     lightning-rnn fit --config examples/seq2seq_reverse.yaml               # Seq2SeqAttention, reversal
-    lightning-rnn fit --config examples/char_lm.yaml --trainer.max_steps=30 --model.init_args.hidden_size=512
+    lightning-rnn fit --config examples/char_lm.yaml --trainer.max_steps=30 --model.init_args.encoder.hidden_size=512
     lightning-rnn fit --config examples/char_lm.yaml --ckpt_path runs/checkpoints/last.ckpt    # resume exactly
     lightning-rnn validate --config examples/char_lm.yaml --ckpt_path runs/checkpoints/best.ckpt
     lightning-rnn generate --ckpt runs/checkpoints/best.ckpt --prompt "def " --max_new_tokens 200

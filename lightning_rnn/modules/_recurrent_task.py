@@ -22,7 +22,7 @@ from lightning_rnn._validation import check_int, check_token_ids
 from lightning_rnn.functional.tbptt import batch_time_length
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule
-from lightning_rnn.nn.rnn import RNNStack
+from lightning_rnn.nn.rnn_config import RNNConfig
 from lightning_rnn.nn.state import map_state, select_state_rows
 
 
@@ -62,21 +62,13 @@ class _RecurrentTask(TBPTTModule):
         vocab_size: int | None,
         input_size: int | None,
         embedding_dim: int,
-        hidden_size: int,
-        num_layers: int,
-        cell: str,
-        bidirectional: bool,
+        encoder: RNNConfig,
         tbptt_steps: int | None,
         tbptt_backprop_steps: int | None,
         carry_state: bool,
         gradient_clip_val: float | None,
         gradient_clip_algorithm: str,
         eval_tbptt_steps: int | None,
-        input_dropout: float,
-        layer_dropout: float,
-        output_dropout: float,
-        recurrent_dropout: float,
-        recurrent_dropout_mode: str,
         dropout: float,
         optimizer: str,
         lr: float,
@@ -116,25 +108,14 @@ class _RecurrentTask(TBPTTModule):
             )
         if not 0 <= dropout < 1:
             raise ValueError(f"Expected dropout in [0, 1), got {dropout}")
-        if bidirectional and (tbptt_steps is not None or eval_tbptt_steps is not None):
+        if encoder.bidirectional and (tbptt_steps is not None or eval_tbptt_steps is not None):
             raise ValueError(self._bidirectional_tbptt_message(tbptt_steps or eval_tbptt_steps))
         self.num_classes = num_classes
         self.vocab_size = vocab_size
         self.input_size = input_size
         self.pad_id = pad_id
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if vocab_size is not None else None
-        self.rnn = RNNStack(
-            cell,
-            embedding_dim if vocab_size is not None else input_size,  # type: ignore[arg-type]
-            hidden_size,
-            num_layers,
-            bidirectional=bidirectional,
-            input_dropout=input_dropout,
-            layer_dropout=layer_dropout,
-            output_dropout=output_dropout,
-            recurrent_dropout=recurrent_dropout,
-            recurrent_dropout_mode=recurrent_dropout_mode,
-        )
+        self.rnn = encoder.build(embedding_dim if vocab_size is not None else input_size)  # type: ignore[arg-type]
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.rnn.output_size, num_classes)
         metric_kw: dict[str, Any] = {"task": "multiclass", "num_classes": num_classes}

@@ -12,6 +12,7 @@ from lightning_rnn._validation import check_token_ids
 from lightning_rnn.modules._recurrent_task import _leaves, _RecurrentTask, no_loss
 from lightning_rnn.modules.tbptt import TBPTTStep
 from lightning_rnn.nn.pooling import AttentionPooling, length_mask, pool_finalize, pool_update
+from lightning_rnn.nn.rnn_config import RNNConfig
 from lightning_rnn.nn.state import map_state, select_state_rows
 
 __all__ = ["RNNClassifier"]
@@ -52,14 +53,16 @@ class RNNClassifier(_RecurrentTask):
         num_classes: C >= 2.
         vocab_size: inputs are token ids (N, L) fed to an ``nn.Embedding(vocab_size, embedding_dim)``; or
         input_size: inputs are features (N, L, input_size). Give exactly one.
-        embedding_dim, hidden_size, num_layers, cell (``"rnn"``, ``"lstm"``, ``"gru"``), bidirectional: encoder.
+        embedding_dim: E of the embedding (token-id inputs).
+        encoder: the recurrent stack (:class:`~lightning_rnn.nn.RNNConfig`: cell, hidden size, layers,
+            bidirectional, step-tied dropout, ...) or a dict of its fields; default ``RNNConfig()`` (one LSTM
+            layer of 128). Saved in ``hparams`` as a dict.
         summary: ``"last"``, ``"mean"``, ``"max"`` or ``"attention"``.
         loss_at: ``"end"`` or ``"every_chunk"`` (TBPTT only; identical without TBPTT).
         tbptt_steps, tbptt_backprop_steps, gradient_clip_val, gradient_clip_algorithm, eval_tbptt_steps,
             lr_scheduler_step, max_consecutive_skips, nonfinite_inputs: see :class:`~lightning_rnn.TBPTTModule`
             (``carry_state`` is off: every batch is a set of sequences).
-        input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
-            dropout of the encoder; dropout: dropout on the summary before the head.
+        dropout: dropout on the summary before the head.
         optimizer (``"adam"``, ``"adamw"``, ``"sgd"``), lr, weight_decay.
 
     Batches: ``{"inputs", "lengths", "labels"}`` as :func:`~lightning_rnn.data.pad_collate` returns (labels
@@ -68,8 +71,8 @@ class RNNClassifier(_RecurrentTask):
     Example::
 
         >>> import torch
-        >>> from lightning_rnn import RNNClassifier
-        >>> clf = RNNClassifier(num_classes=3, input_size=4, hidden_size=8, cell="gru", summary="mean")
+        >>> from lightning_rnn import RNNClassifier, RNNConfig
+        >>> clf = RNNClassifier(num_classes=3, input_size=4, encoder=RNNConfig(cell="gru", hidden_size=8), summary="mean")
         >>> logits, state = clf(torch.randn(2, 5, 4), lengths=torch.tensor([5, 2]))
         >>> logits.shape
         torch.Size([2, 3])
@@ -81,11 +84,8 @@ class RNNClassifier(_RecurrentTask):
         vocab_size: int | None = None,
         input_size: int | None = None,
         embedding_dim: int = 128,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        cell: str = "lstm",
+        encoder: RNNConfig = RNNConfig(),
         *,
-        bidirectional: bool = False,
         summary: str = "last",
         loss_at: str = "end",
         tbptt_steps: int | None = None,
@@ -96,11 +96,6 @@ class RNNClassifier(_RecurrentTask):
         lr_scheduler_step: str = "auto",
         max_consecutive_skips: int = 10,
         nonfinite_inputs: str = "error",
-        input_dropout: float = 0.0,
-        layer_dropout: float = 0.0,
-        output_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        recurrent_dropout_mode: str = "weight",
         dropout: float = 0.0,
         optimizer: str = "adam",
         lr: float = 1e-3,
@@ -110,15 +105,14 @@ class RNNClassifier(_RecurrentTask):
             raise ValueError(f"Expected summary in {SUMMARIES}, got {summary!r}")
         if loss_at not in LOSS_AT:
             raise ValueError(f"Expected loss_at in {LOSS_AT}, got {loss_at!r}")
+        config = RNNConfig.coerce(encoder)
+        encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         super().__init__(
             num_classes,
             vocab_size=vocab_size,
             input_size=input_size,
             embedding_dim=embedding_dim,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            cell=cell,
-            bidirectional=bidirectional,
+            encoder=config,
             tbptt_steps=tbptt_steps,
             tbptt_backprop_steps=tbptt_backprop_steps,
             carry_state=False,
@@ -128,11 +122,6 @@ class RNNClassifier(_RecurrentTask):
             lr_scheduler_step=lr_scheduler_step,
             max_consecutive_skips=max_consecutive_skips,
             nonfinite_inputs=nonfinite_inputs,
-            input_dropout=input_dropout,
-            layer_dropout=layer_dropout,
-            output_dropout=output_dropout,
-            recurrent_dropout=recurrent_dropout,
-            recurrent_dropout_mode=recurrent_dropout_mode,
             dropout=dropout,
             optimizer=optimizer,
             lr=lr,

@@ -26,7 +26,7 @@ from lightning_rnn.functional.activation_reg import (
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 from lightning_rnn.nn.dropout import EmbeddingDropout, locked_dropout
-from lightning_rnn.nn.rnn import RNNStack
+from lightning_rnn.nn.rnn_config import RNNConfig
 from lightning_rnn.nn.softmax import (
     SAMPLER_DISTRIBUTIONS,
     CandidateSampler,
@@ -71,16 +71,12 @@ class RNNLanguageModel(TBPTTModule):
     Args:
         vocab_size: V, number of token ids.
         embedding_dim: E.
-        hidden_size: H of every recurrent layer.
-        num_layers: stacked recurrent layers.
-        cell: ``"rnn"`` (tanh), ``"lstm"`` or ``"gru"``.
+        encoder: the recurrent stack (:class:`~lightning_rnn.nn.RNNConfig`: cell, hidden size, layers, step-tied
+            dropout, zoneout, ...) or a dict of its fields; default ``RNNConfig(hidden_size=256)`` (one LSTM
+            layer). Saved in ``hparams`` as a dict.
         tbptt_steps, tbptt_backprop_steps, carry_state, variable_bptt, gradient_clip_val,
             gradient_clip_algorithm, eval_tbptt_steps, variable_bptt_std, variable_bptt_min, lr_scheduler_step,
             max_consecutive_skips, nonfinite_inputs: see :class:`~lightning_rnn.TBPTTModule`.
-        input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: step-tied
-            dropout of the :class:`~lightning_rnn.nn.RNNStack`.
-        zoneout: zoneout probability of the recurrent state (Krueger et al. 2016), see
-            :class:`~lightning_rnn.nn.RNNStack`.
         embedding_dropout: drops whole vocabulary rows of the embedding (AWD-LSTM).
         ar_alpha, tar_beta: AWD-LSTM's activation regularization ``ar_alpha * mean(dropped outputs**2)`` and
             temporal activation regularization ``tar_beta * mean((h_t - h_{t-1})**2)`` on the last layer's
@@ -107,8 +103,8 @@ class RNNLanguageModel(TBPTTModule):
     Example::
 
         >>> import torch
-        >>> from lightning_rnn import RNNLanguageModel
-        >>> lm = RNNLanguageModel(vocab_size=50, embedding_dim=16, hidden_size=32, tbptt_steps=8)
+        >>> from lightning_rnn import RNNConfig, RNNLanguageModel
+        >>> lm = RNNLanguageModel(vocab_size=50, embedding_dim=16, encoder=RNNConfig(hidden_size=32), tbptt_steps=8)
         >>> logits, state = lm(torch.randint(0, 50, (2, 12)))
         >>> tuple(logits.shape)
         (2, 12, 50)
@@ -118,20 +114,12 @@ class RNNLanguageModel(TBPTTModule):
         self,
         vocab_size: int,
         embedding_dim: int = 128,
-        hidden_size: int = 256,
-        num_layers: int = 1,
-        cell: str = "lstm",
+        encoder: RNNConfig = RNNConfig(hidden_size=256),
         *,
         tbptt_steps: int | None = None,
         tbptt_backprop_steps: int | None = None,
         carry_state: bool = True,
         variable_bptt: bool = False,
-        input_dropout: float = 0.0,
-        layer_dropout: float = 0.0,
-        output_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        recurrent_dropout_mode: str = "weight",
-        zoneout: float = 0.0,
         embedding_dropout: float = 0.0,
         ar_alpha: float = 0.0,
         tar_beta: float = 0.0,
@@ -202,24 +190,15 @@ class RNNLanguageModel(TBPTTModule):
         for name, value in (("ar_alpha", ar_alpha), ("tar_beta", tar_beta)):
             check_float(name, value, min=0.0)
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
+        config = RNNConfig.coerce(encoder)
+        encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         self.save_hyperparameters()
         self.output = output
         self.vocab_size = vocab_size
         self.pad_id = pad_id
         embedding = nn.Embedding(vocab_size, embedding_dim)
         self.embedding: nn.Module = EmbeddingDropout(embedding, embedding_dropout) if embedding_dropout else embedding
-        self.rnn = RNNStack(
-            cell,
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            input_dropout=input_dropout,
-            layer_dropout=layer_dropout,
-            output_dropout=output_dropout,
-            recurrent_dropout=recurrent_dropout,
-            recurrent_dropout_mode=recurrent_dropout_mode,
-            zoneout=zoneout,
-        )
+        self.rnn = config.build(embedding_dim)
         self.sampler: CandidateSampler | None = None
         if output == "adaptive":
             if adaptive_cutoffs is None:

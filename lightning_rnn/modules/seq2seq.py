@@ -18,6 +18,7 @@ from torchmetrics.text import BLEUScore, CharErrorRate
 from lightning_rnn._validation import check_choice, check_float, check_int, check_probability
 from lightning_rnn.data.vocab import Vocab
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
+from lightning_rnn.nn.rnn_config import RNNConfig
 from lightning_rnn.nn.search import LENGTH_PENALTIES, SearchOutput
 from lightning_rnn.nn.seq2seq import AttentionDecoder, Bridge, EncoderDecoder, Seq2SeqEncoder
 
@@ -134,19 +135,17 @@ class Seq2SeqAttention(L.LightningModule):
             accepted here), so checkpoints load with ``weights_only=True``; another vocabulary object is
             pickled into the checkpoint, which then needs ``load_from_checkpoint(path, weights_only=False)``.
         embedding_dim: E (encoder and decoder).
-        hidden_size: H per encoder direction.
-        num_layers: encoder layers.
-        decoder_hidden_size / decoder_num_layers: default to ``hidden_size`` / ``num_layers``
+        encoder: the encoder's recurrent stack (:class:`~lightning_rnn.nn.RNNConfig`: cell, hidden size H per
+            direction, layers, bidirectional, step-tied dropout, ...) or a dict of its fields; default
+            ``RNNConfig(bidirectional=True)`` (one bidirectional LSTM layer of 128 per direction). Its ``cell``
+            is the decoder's cell too. Saved in ``hparams`` as a dict.
+        decoder_hidden_size / decoder_num_layers: default to the encoder's ``hidden_size`` / ``num_layers``
             (``luong_dot``: the decoder size defaults to the encoder output size ``D*hidden_size``).
-        cell: ``"rnn"`` | ``"lstm"`` | ``"gru"`` (encoder and decoder).
-        bidirectional: bidirectional encoder.
         attention: ``"bahdanau"`` | ``"luong_dot"`` | ``"luong_general"`` | ``"luong_concat"`` | ``"none"``.
         ordering: override the attention's ordering (``"bahdanau"`` | ``"luong"``).
         input_feeding: Luong input feeding.
         bridge: ``"projection"`` | ``"zeros"``.
         tie_weights: tie the decoder's output projection to its embedding.
-        input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode: encoder
-            ``RNNStack`` step-tied dropouts.
         decoder_dropout: decoder dropout (embeddings, between layers, output).
         teacher_forcing: probability of feeding the gold token while training; with
             ``teacher_forcing_end`` and ``teacher_forcing_steps`` it moves linearly from ``teacher_forcing``
@@ -164,8 +163,8 @@ class Seq2SeqAttention(L.LightningModule):
     Example::
 
         >>> import torch
-        >>> from lightning_rnn import Seq2SeqAttention
-        >>> model = Seq2SeqAttention(20, 20, embedding_dim=8, hidden_size=16)
+        >>> from lightning_rnn import RNNConfig, Seq2SeqAttention
+        >>> model = Seq2SeqAttention(20, 20, embedding_dim=8, encoder=RNNConfig(hidden_size=16, bidirectional=True))
         >>> src, lengths = torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([3, 2])
         >>> logits = model(src, lengths, torch.tensor([[1, 7, 6, 5], [1, 9, 8, 0]]))
         >>> tuple(logits.shape)
@@ -180,23 +179,15 @@ class Seq2SeqAttention(L.LightningModule):
         src_vocab: Any,
         tgt_vocab: Any,
         embedding_dim: int = 64,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        cell: str = "lstm",
+        encoder: RNNConfig = RNNConfig(bidirectional=True),
         *,
         decoder_hidden_size: int | None = None,
         decoder_num_layers: int | None = None,
-        bidirectional: bool = True,
         attention: str = "bahdanau",
         ordering: str | None = None,
         input_feeding: bool = True,
         bridge: str = "projection",
         tie_weights: bool = False,
-        input_dropout: float = 0.0,
-        layer_dropout: float = 0.0,
-        output_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        recurrent_dropout_mode: str = "weight",
         decoder_dropout: float = 0.0,
         teacher_forcing: float = 1.0,
         teacher_forcing_end: float | None = None,
@@ -218,7 +209,11 @@ class Seq2SeqAttention(L.LightningModule):
         super().__init__()
         check_optimizer_args(optimizer, lr, weight_decay)
         src_vocab, tgt_vocab = _saved_vocab(src_vocab), _saved_vocab(tgt_vocab)
+        config = RNNConfig.coerce(encoder)
+        encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         self.save_hyperparameters()
+        cell, hidden_size, num_layers = config.cell, config.hidden_size, config.num_layers
+        bidirectional = config.bidirectional
         src_vocab, tgt_vocab = _vocab_object(src_vocab), _vocab_object(tgt_vocab)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         src_size, tgt_size = _vocab_size(src_vocab, "src_vocab"), _vocab_size(tgt_vocab, "tgt_vocab")
@@ -246,19 +241,18 @@ class Seq2SeqAttention(L.LightningModule):
         if attention == "luong_dot" and decoder_hidden_size is None:
             dec_hidden = (2 if bidirectional else 1) * hidden_size  # dot scores need query size == key size
         dec_layers = decoder_num_layers or num_layers
-        encoder = Seq2SeqEncoder(
-            src_size, embedding_dim, hidden_size, num_layers, cell=cell, bidirectional=bidirectional,
-            padding_idx=pad_id if pad_id < src_size else None, input_dropout=input_dropout,
-            layer_dropout=layer_dropout, output_dropout=output_dropout, recurrent_dropout=recurrent_dropout,
-            recurrent_dropout_mode=recurrent_dropout_mode,
+        rnn_options = {k: v for k, v in config.to_dict().items() if k not in ("hidden_size", "num_layers")}
+        seq_encoder = Seq2SeqEncoder(
+            src_size, embedding_dim, hidden_size, num_layers, padding_idx=pad_id if pad_id < src_size else None,
+            **rnn_options,
         )
         decoder = AttentionDecoder(
-            tgt_size, embedding_dim, dec_hidden, encoder.output_size, dec_layers, cell=cell, attention=attention,
+            tgt_size, embedding_dim, dec_hidden, seq_encoder.output_size, dec_layers, cell=cell, attention=attention,
             ordering=ordering, input_feeding=input_feeding, dropout=decoder_dropout,
             tie_weights=tie_weights, padding_idx=pad_id,
         )
         bridge_module = Bridge(cell, hidden_size, num_layers, bidirectional, cell, dec_hidden, dec_layers, mode=bridge)
-        self.model = EncoderDecoder(encoder, decoder, bridge_module, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+        self.model = EncoderDecoder(seq_encoder, decoder, bridge_module, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
         for stage in ("val", "test"):
             setattr(self, f"{stage}_loss", MeanMetric())
             setattr(self, f"{stage}_token_acc", MeanMetric())

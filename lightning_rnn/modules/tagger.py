@@ -12,6 +12,7 @@ from lightning_rnn._validation import check_token_ids
 from lightning_rnn.modules._recurrent_task import _RecurrentTask, no_loss
 from lightning_rnn.modules.tbptt import TBPTTStep
 from lightning_rnn.nn.pooling import length_mask
+from lightning_rnn.nn.rnn_config import RNNConfig
 
 __all__ = ["RNNTagger"]
 
@@ -38,15 +39,15 @@ class RNNTagger(_RecurrentTask):
     Args:
         num_classes: C >= 2.
         vocab_size / input_size: token-id inputs (N, L) with an embedding, or features (N, L, input_size).
-        embedding_dim, hidden_size, num_layers, cell, bidirectional: encoder.
+        embedding_dim, encoder: as :class:`~lightning_rnn.RNNClassifier` (``encoder`` an
+            :class:`~lightning_rnn.nn.RNNConfig` or a dict of its fields; default ``RNNConfig()``).
         pad_id: label value of unlabelled steps (padding): labels equal to it carry no loss and are not counted
             by the metrics; predicted tags past a row's length are set to it. ``-100`` is what
             :func:`~lightning_rnn.data.pad_collate` pads labels with (``cross_entropy``'s ``ignore_index``).
         tbptt_steps, tbptt_backprop_steps, carry_state, gradient_clip_val, gradient_clip_algorithm,
             eval_tbptt_steps, lr_scheduler_step, max_consecutive_skips, nonfinite_inputs: see
             :class:`~lightning_rnn.TBPTTModule`.
-        input_dropout, layer_dropout, output_dropout, recurrent_dropout, recurrent_dropout_mode, dropout,
-            optimizer, lr, weight_decay: as :class:`~lightning_rnn.RNNClassifier`.
+        dropout, optimizer, lr, weight_decay: as :class:`~lightning_rnn.RNNClassifier`.
 
     Batches: ``{"inputs", "lengths", "labels"}`` with labels (N, L) padded with ``pad_id`` (as
     :func:`~lightning_rnn.data.pad_collate` returns), or ``(inputs, labels)`` with no padding.
@@ -54,8 +55,9 @@ class RNNTagger(_RecurrentTask):
     Example::
 
         >>> import torch
-        >>> from lightning_rnn import RNNTagger
-        >>> tagger = RNNTagger(num_classes=5, vocab_size=20, embedding_dim=8, hidden_size=8, bidirectional=True)
+        >>> from lightning_rnn import RNNConfig, RNNTagger
+        >>> tagger = RNNTagger(num_classes=5, vocab_size=20, embedding_dim=8,
+        ...                    encoder=RNNConfig(hidden_size=8, bidirectional=True))
         >>> logits, state = tagger(torch.randint(0, 20, (2, 7)), lengths=torch.tensor([7, 3]))
         >>> logits.shape
         torch.Size([2, 7, 5])
@@ -69,11 +71,8 @@ class RNNTagger(_RecurrentTask):
         vocab_size: int | None = None,
         input_size: int | None = None,
         embedding_dim: int = 128,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        cell: str = "lstm",
+        encoder: RNNConfig = RNNConfig(),
         *,
-        bidirectional: bool = False,
         pad_id: int = -100,
         tbptt_steps: int | None = None,
         tbptt_backprop_steps: int | None = None,
@@ -84,25 +83,19 @@ class RNNTagger(_RecurrentTask):
         lr_scheduler_step: str = "auto",
         max_consecutive_skips: int = 10,
         nonfinite_inputs: str = "error",
-        input_dropout: float = 0.0,
-        layer_dropout: float = 0.0,
-        output_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        recurrent_dropout_mode: str = "weight",
         dropout: float = 0.0,
         optimizer: str = "adam",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
+        config = RNNConfig.coerce(encoder)
+        encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         super().__init__(
             num_classes,
             vocab_size=vocab_size,
             input_size=input_size,
             embedding_dim=embedding_dim,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            cell=cell,
-            bidirectional=bidirectional,
+            encoder=config,
             tbptt_steps=tbptt_steps,
             tbptt_backprop_steps=tbptt_backprop_steps,
             carry_state=carry_state,
@@ -112,11 +105,6 @@ class RNNTagger(_RecurrentTask):
             lr_scheduler_step=lr_scheduler_step,
             max_consecutive_skips=max_consecutive_skips,
             nonfinite_inputs=nonfinite_inputs,
-            input_dropout=input_dropout,
-            layer_dropout=layer_dropout,
-            output_dropout=output_dropout,
-            recurrent_dropout=recurrent_dropout,
-            recurrent_dropout_mode=recurrent_dropout_mode,
             dropout=dropout,
             optimizer=optimizer,
             lr=lr,

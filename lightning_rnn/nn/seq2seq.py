@@ -137,6 +137,8 @@ class Seq2SeqEncoder(nn.Module):
         recurrent_dropout: float = 0.0,
         recurrent_dropout_mode: str = "weight",
         residual: bool | str = False,
+        zoneout: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.vocab_size = check_int("vocab_size", vocab_size, min=1)
@@ -154,6 +156,8 @@ class Seq2SeqEncoder(nn.Module):
             output_dropout=output_dropout,
             recurrent_dropout=recurrent_dropout,
             recurrent_dropout_mode=recurrent_dropout_mode,
+            zoneout=zoneout,
+            bias=bias,
         )
         self.cell = self.rnn.cell
         self.hidden_size = hidden_size

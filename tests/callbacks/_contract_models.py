@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 
 from lightning_rnn import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention, TBPTTModule, TBPTTStep
 from lightning_rnn.data import Seq2SeqCollate, StreamChunks, batchify, pad_collate
+from lightning_rnn.nn import RNNConfig
+from tests._encoder import with_encoder
 from tests.modules._tbptt_models import loader, make_data
 
 VOCAB = 16
@@ -96,7 +98,7 @@ def case(name: str, **overrides: Any) -> tuple[Any, DataLoader]:
                                   recurrent_dropout=0.2, embedding_dropout=0.1, output_dropout=0.1)
         kw.update(overrides)
         streams = batchify(_tokens(4 * 41, 0, VOCAB, seed=2), 4)  # (4, 41): 4 chunks of 10
-        return RNNLanguageModel(VOCAB, **kw), DataLoader(StreamChunks(streams, bptt=10), batch_size=None)
+        return RNNLanguageModel(VOCAB, **with_encoder(kw)), DataLoader(StreamChunks(streams, bptt=10), batch_size=None)
     if name in ("classifier", "tagger"):
         lengths = torch.randint(5, 13, (12,), generator=g).tolist()
         seqs = [torch.randint(1, VOCAB, (n,), generator=g) for n in lengths]
@@ -105,13 +107,13 @@ def case(name: str, **overrides: Any) -> tuple[Any, DataLoader]:
             kw = dict(vocab_size=VOCAB, embedding_dim=8, hidden_size=12, num_layers=2, cell="gru", tbptt_steps=4,
                       layer_dropout=0.2, dropout=0.2)
             kw.update(overrides)
-            model: Any = RNNClassifier(3, **kw)
+            model: Any = RNNClassifier(3, **with_encoder(kw))
         else:
             items = [(s, s % 3) for s in seqs]
             kw = dict(vocab_size=VOCAB, embedding_dim=8, hidden_size=12, num_layers=1, cell="lstm", tbptt_steps=4,
                       recurrent_dropout=0.2, dropout=0.2)
             kw.update(overrides)
-            model = RNNTagger(3, **kw)
+            model = RNNTagger(3, **with_encoder(kw))
         return model, DataLoader(items, batch_size=4, collate_fn=pad_collate)
     if name == "seq2seq":
         pairs = []
@@ -120,7 +122,7 @@ def case(name: str, **overrides: Any) -> tuple[Any, DataLoader]:
             pairs.append((src, src[::-1]))
         kw = dict(embedding_dim=8, hidden_size=8, num_attention_maps=0, layer_dropout=0.0, decoder_dropout=0.1)
         kw.update(overrides)
-        return Seq2SeqAttention(VOCAB, VOCAB, **kw), DataLoader(pairs, batch_size=4, collate_fn=Seq2SeqCollate())
+        return Seq2SeqAttention(VOCAB, VOCAB, **with_encoder(kw, RNNConfig(bidirectional=True))), DataLoader(pairs, batch_size=4, collate_fn=Seq2SeqCollate())
     if name == "user":
         x, y = make_data(n=8, length=18)
         return DictStateRegressor(**overrides), loader(x, y, 4)

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 from lightning_rnn.callbacks import NTASGD
 from lightning_rnn.data import TextStreamDataModule
 
@@ -31,7 +31,7 @@ def main(out_dir: str) -> None:
     pl.seed_everything(0, verbose=False)
     text = "the quick brown fox jumps over the lazy dog; " * 40
     dm = TextStreamDataModule(text, batch_size=2, bptt=16, val_fraction=0.2, test_fraction=0.0)
-    model = RankScoredLM(dm.vocab_size, 8, 8, tbptt_steps=8, optimizer="sgd", lr=0.5)
+    model = RankScoredLM(dm.vocab_size, 8, RNNConfig(hidden_size=8), tbptt_steps=8, optimizer="sgd", lr=0.5)
     cb = NTASGD(n=1, monitor="val/rank_score")
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=6, callbacks=[cb], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

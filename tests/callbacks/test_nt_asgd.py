@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 from lightning_rnn.callbacks import NTASGD
 
 from ..modules._tbptt_models import trainer
@@ -32,7 +32,7 @@ class ScriptedLM(RNNLanguageModel):
     """A small LM that logs a scripted ``val/score`` and records every iterate and the weights it validates."""
 
     def __init__(self, **kwargs):
-        super().__init__(16, 6, 6, tbptt_steps=4, optimizer="sgd", lr=0.5, **kwargs)
+        super().__init__(16, 6, RNNConfig(hidden_size=6), tbptt_steps=4, optimizer="sgd", lr=0.5, **kwargs)
         self.iterates: list[list[torch.Tensor]] = []
         self.validated: dict[int, list[torch.Tensor]] = {}
 

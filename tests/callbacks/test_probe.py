@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from lightning_rnn import RNNLanguageModel, TBPTTModule
+from lightning_rnn import RNNConfig, RNNLanguageModel, TBPTTModule
 from lightning_rnn.functional import measure_gradient_flow
 from lightning_rnn.nn import RNNStack
 from lightning_rnn.nn.state import detach_state
@@ -64,8 +64,7 @@ def _lm_reference(lm: RNNLanguageModel, x: torch.Tensor, y: torch.Tensor, max_la
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_lm_default_probe_and_its_own_probe_agree_with_an_autograd_loop(num_layers):
     torch.manual_seed(0)
-    lm = RNNLanguageModel(20, 6, 8, num_layers=num_layers, tbptt_steps=4, layer_dropout=0.3, recurrent_dropout=0.3,
-                          embedding_dropout=0.2, output_dropout=0.2, pad_id=0)
+    lm = RNNLanguageModel(20, 6, encoder=RNNConfig(hidden_size=8, num_layers=num_layers, layer_dropout=0.3, recurrent_dropout=0.3, output_dropout=0.2), tbptt_steps=4, embedding_dropout=0.2, pad_id=0)
     x = torch.randint(1, 20, (3, 9))
     y = torch.randint(1, 20, (3, 9))
     y[1, 2] = y[2, 5] = 0  # padding: no target there

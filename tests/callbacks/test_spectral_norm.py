@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_rnn.callbacks import SpectralNormMonitor
+from lightning_rnn.nn import RNNConfig
 from tests.callbacks._diagnostics_models import TinyLSTMLM, quiet_trainer, token_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore:SpectralNormMonitor. block:UserWarning", "ignore:You defined a `validation_step`")
@@ -62,7 +63,7 @@ def test_power_iteration_tracks_exact_during_training():
 def test_tbptt_module_several_optimizer_steps_per_batch(tmp_path):
     from lightning_rnn import RNNLanguageModel
 
-    model = RNNLanguageModel(12, 6, 8, num_layers=1, tbptt_steps=3)  # 4 chunks of 3: 4 optimizer steps/batch
+    model = RNNLanguageModel(12, 6, encoder=RNNConfig(hidden_size=8, num_layers=1), tbptt_steps=3)  # 4 chunks of 3: 4 optimizer steps/batch
     logger = CSVLogger(tmp_path, name="tbptt")
     mon = SpectralNormMonitor(every_n_steps=6)
     trainer = quiet_trainer(max_steps=12, logger=logger, callbacks=[mon])

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_rnn import RNNClassifier
+from lightning_rnn import RNNClassifier, RNNConfig
 from lightning_rnn.data import BucketBatchSampler, pad_collate
 
 
@@ -46,7 +46,7 @@ def _fit(seed: int, epochs: int = 3) -> list[list[list[int]]]:
     sampler = BucketBatchSampler(data.lengths, 4, seed=seed, bucket_size_multiplier=2)
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=_collate)
     seen = _Seen()
-    model = RNNClassifier(2, vocab_size=10, embedding_dim=4, hidden_size=4, tbptt_steps=3)
+    model = RNNClassifier(2, encoder=RNNConfig(hidden_size=4), vocab_size=10, embedding_dim=4, tbptt_steps=3)
     pl.Trainer(
         accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[seen],

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 from lightning_rnn.functional import activation_regularization, temporal_activation_regularization
 
 from ..modules._tbptt_models import trainer
@@ -77,16 +77,17 @@ def test_gradients_and_edge_cases():
     with pytest.raises(ValueError, match=r"Expected outputs of shape \(N, L, H\)"):
         activation_regularization(torch.zeros(4, 3), 1.0)
     with pytest.raises(ValueError, match="Expected ar_alpha to be a float >= 0"):
-        RNNLanguageModel(10, 8, 8, ar_alpha=-2.0)
+        RNNLanguageModel(10, 8, encoder=RNNConfig(hidden_size=8), ar_alpha=-2.0)
 
 
 def test_language_model_chunk_uses_dropped_outputs_for_ar_and_undropped_for_tar():
     """One training chunk with every dropout on: the loss is unchanged by AR/TAR (same masks as without them),
     AR is computed on the output after output dropout, TAR before it."""
-    kw = dict(num_layers=2, input_dropout=0.2, layer_dropout=0.2, output_dropout=0.4, recurrent_dropout=0.3,
-              embedding_dropout=0.1, pad_id=-1)
-    lm = RNNLanguageModel(20, 6, 6, ar_alpha=2.0, tar_beta=1.0, **kw).train()
-    plain = RNNLanguageModel(20, 6, 6, **kw).train()
+    encoder = RNNConfig(hidden_size=6, num_layers=2, input_dropout=0.2, layer_dropout=0.2, output_dropout=0.4,
+                        recurrent_dropout=0.3)
+    kw = dict(embedding_dropout=0.1, pad_id=-1)
+    lm = RNNLanguageModel(20, 6, encoder, ar_alpha=2.0, tar_beta=1.0, **kw).train()
+    plain = RNNLanguageModel(20, 6, encoder, **kw).train()
     plain.load_state_dict(lm.state_dict())
     undropped = copy.deepcopy(plain)
     undropped.rnn.output_dropout = 0.0
@@ -121,8 +122,7 @@ def test_training_with_tbptt_chunks_carried_state_and_padding_matches_hand_loop(
     targets: the parameters after fit equal a hand-written SGD loop on CE + AR + TAR per chunk, and the
     logged train/ar, train/tar, train/loss are the last chunk's (train/loss without the penalty)."""
     torch.manual_seed(0)
-    lm = RNNLanguageModel(12, 5, 5, num_layers=2, tbptt_steps=4, optimizer="sgd", lr=0.5, ar_alpha=2.0,
-                          tar_beta=1.0, pad_id=-1)
+    lm = RNNLanguageModel(12, 5, encoder=RNNConfig(hidden_size=5, num_layers=2), tbptt_steps=4, optimizer="sgd", lr=0.5, ar_alpha=2.0, tar_beta=1.0, pad_id=-1)
     ref = copy.deepcopy(lm)
     g = torch.Generator().manual_seed(3)
     batches = []

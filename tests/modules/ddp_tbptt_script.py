@@ -1,3 +1,4 @@
+
 """Trains a TBPTT model under Trainer(strategy="ddp", accelerator="cpu") or in one process; saves the result.
 
 Usage: python ddp_tbptt_script.py {regressor|lm|lm_adaptive|classifier|tagger} DEVICES OUT_DIR [SOURCE_FILE]
@@ -80,22 +81,21 @@ def main() -> None:
         rows = [i for b in range(2) for i in range(4 * b + rank * per, 4 * b + (rank + 1) * per)]
         data = {"train_dataloaders": torch.utils.data.DataLoader(TensorPairs(x[rows], y[rows]), batch_size=per)}
     elif kind in ("classifier", "tagger"):
-        from lightning_rnn import RNNClassifier, RNNTagger
+        from lightning_rnn import RNNClassifier, RNNConfig, RNNTagger
 
         cls = RNNClassifier if kind == "classifier" else RNNTagger
-        model = cls(3, vocab_size=7, embedding_dim=4, hidden_size=6, tbptt_steps=3, optimizer="sgd", lr=0.5)
+        model = cls(3, vocab_size=7, embedding_dim=4, encoder=RNNConfig(hidden_size=6), tbptt_steps=3, optimizer="sgd",
+                    lr=0.5)
         data = {"train_dataloaders": _labelled(kind, devices, rank)}
     else:
-        from lightning_rnn import RNNLanguageModel
+        from lightning_rnn import RNNConfig, RNNLanguageModel
         from lightning_rnn.data import TextStreamDataModule
 
         dm = TextStreamDataModule(sys.argv[4], batch_size=4 // devices, bptt=12, val_fraction=0.1, test_fraction=0.0)
         if kind == "lm_adaptive":  # tail clusters go unused in some chunks: plain "ddp" must still work
-            model = RNNLanguageModel(
-                40, 16, 24, tbptt_steps=6, optimizer="sgd", lr=0.5, output="adaptive", adaptive_cutoffs=[4, 10]
-            )
+            model = RNNLanguageModel(40, 16, encoder=RNNConfig(hidden_size=24), tbptt_steps=6, optimizer="sgd", lr=0.5, output="adaptive", adaptive_cutoffs=[4, 10])
         else:
-            model = RNNLanguageModel(40, 16, 24, tbptt_steps=6, optimizer="sgd", lr=0.5)
+            model = RNNLanguageModel(40, 16, encoder=RNNConfig(hidden_size=24), tbptt_steps=6, optimizer="sgd", lr=0.5)
         data = {"datamodule": dm}
     trainer.fit(model, **data)
     os.makedirs(out, exist_ok=True)

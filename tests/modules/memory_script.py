@@ -8,7 +8,7 @@ import sys
 import lightning.pytorch as pl
 import torch
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 
 
 def peak_rss_mib() -> float:
@@ -30,7 +30,7 @@ def main() -> None:
     pl.seed_everything(0)
     tokens = torch.randint(0, 64, (16, length + 1))
     batch = (tokens[:, :-1], tokens[:, 1:])
-    model = RNNLanguageModel(64, 32, 256, tbptt_steps=k, carry_state=False)
+    model = RNNLanguageModel(64, 32, encoder=RNNConfig(hidden_size=256), tbptt_steps=k, carry_state=False)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=-1,

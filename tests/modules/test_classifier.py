@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_rnn import RNNClassifier
+from lightning_rnn import RNNClassifier, RNNConfig
 
 from ._tbptt_models import trainer
 
@@ -30,7 +30,7 @@ def _batch(n=4, length=9, features=3, lengths=(9, 4, 1, 6), classes=3, seed=0):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_padding_invariance(summary, bidirectional):
     torch.manual_seed(0)
-    clf = RNNClassifier(3, input_size=3, hidden_size=6, num_layers=2, summary=summary, bidirectional=bidirectional).eval()
+    clf = RNNClassifier(3, encoder=RNNConfig(hidden_size=6, num_layers=2, bidirectional=bidirectional), input_size=3, summary=summary).eval()
     b = _batch()
     with torch.no_grad():
         base, _ = clf(b["inputs"], lengths=b["lengths"])
@@ -49,7 +49,7 @@ def test_padding_invariance(summary, bidirectional):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_last_summary_equals_torch_rnn_on_each_unpadded_row(cell, bidirectional):
     torch.manual_seed(1)
-    clf = RNNClassifier(3, input_size=3, hidden_size=5, num_layers=2, cell=cell, bidirectional=bidirectional)
+    clf = RNNClassifier(3, encoder=RNNConfig(hidden_size=5, num_layers=2, cell=cell, bidirectional=bidirectional), input_size=3)
     ref = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](
         3, 5, num_layers=2, batch_first=True, bidirectional=bidirectional
     )
@@ -66,7 +66,7 @@ def test_last_summary_equals_torch_rnn_on_each_unpadded_row(cell, bidirectional)
 @pytest.mark.parametrize("summary", ["mean", "max"])
 def test_pooled_summary_equals_pooling_of_unpadded_outputs(summary):
     torch.manual_seed(2)
-    clf = RNNClassifier(3, input_size=3, hidden_size=5, cell="gru", summary=summary, bidirectional=True)
+    clf = RNNClassifier(3, encoder=RNNConfig(hidden_size=5, cell="gru", bidirectional=True), input_size=3, summary=summary)
     ref = nn.GRU(3, 5, batch_first=True, bidirectional=True)
     ref.load_state_dict(clf.rnn.state_dict())
     b = _batch()
@@ -79,7 +79,7 @@ def test_pooled_summary_equals_pooling_of_unpadded_outputs(summary):
 
 def test_token_inputs_and_tuple_batches():
     torch.manual_seed(3)
-    clf = RNNClassifier(4, vocab_size=11, embedding_dim=5, hidden_size=6, optimizer="sgd", lr=0.1)
+    clf = RNNClassifier(4, encoder=RNNConfig(hidden_size=6), vocab_size=11, embedding_dim=5, optimizer="sgd", lr=0.1)
     x = torch.randint(0, 11, (6, 7))
     y = torch.randint(0, 4, (6,))
     (metrics,) = trainer().validate(clf, DataLoader([(x, y)], batch_size=None), verbose=False)
@@ -115,9 +115,7 @@ def _hand_tbptt(model: RNNClassifier, batch, k: int, lr: float, loss_at: str = "
 @pytest.mark.parametrize("k,loss_at", [(3, "end"), (4, "end"), (3, "every_chunk")])
 def test_tbptt_update_equals_hand_written_chunk_loop(k, loss_at):
     torch.manual_seed(4)
-    model = RNNClassifier(
-        3, input_size=3, hidden_size=6, cell="lstm", tbptt_steps=k, loss_at=loss_at, optimizer="sgd", lr=0.5
-    )
+    model = RNNClassifier(3, encoder=RNNConfig(hidden_size=6, cell="lstm"), input_size=3, tbptt_steps=k, loss_at=loss_at, optimizer="sgd", lr=0.5)
     ref, init = copy.deepcopy(model), copy.deepcopy(model)
     b = _batch()
     trainer().fit(model, DataLoader([b], batch_size=None))
@@ -130,7 +128,7 @@ def test_tbptt_update_equals_hand_written_chunk_loop(k, loss_at):
 def test_tbptt_pooling_equals_whole_sequence_pooling():
     torch.manual_seed(5)
     for summary in ("mean", "max", "attention"):
-        model = RNNClassifier(3, input_size=3, hidden_size=6, summary=summary, tbptt_steps=2).eval()
+        model = RNNClassifier(3, encoder=RNNConfig(hidden_size=6), input_size=3, summary=summary, tbptt_steps=2).eval()
         b = _batch()
         with torch.no_grad():
             whole, _ = model(b["inputs"], lengths=b["lengths"])
@@ -145,7 +143,7 @@ def test_tbptt_pooling_equals_whole_sequence_pooling():
 
 
 def test_errors():
-    clf = RNNClassifier(3, input_size=3, hidden_size=4)
+    clf = RNNClassifier(3, encoder=RNNConfig(hidden_size=4), input_size=3)
     b = _batch()
     bad = dict(b, labels=torch.tensor([0, 1, 7, 2]))
     with pytest.raises(ValueError, match=r"num_classes=3.*got label 7"):
@@ -155,7 +153,7 @@ def test_errors():
     with pytest.raises(ValueError, match=r"lengths of shape \(4,\)"):
         clf.validation_step(dict(b, lengths=torch.tensor([9, 4])), 0)
     with pytest.raises(ValueError, match="bidirectional=True"):
-        RNNClassifier(3, input_size=3, bidirectional=True, tbptt_steps=4)
+        RNNClassifier(3, encoder=RNNConfig(bidirectional=True), input_size=3, tbptt_steps=4)
     with pytest.raises(ValueError, match="summary in"):
         RNNClassifier(3, input_size=3, summary="first")
     with pytest.raises(ValueError, match="exactly one of vocab_size"):
@@ -167,7 +165,7 @@ def test_errors():
 @pytest.mark.parametrize("summary", SUMMARIES)
 def test_predict_probabilities_without_labels_equal_the_whole_sequence_forward(summary):
     torch.manual_seed(6)
-    model = RNNClassifier(3, input_size=3, hidden_size=6, summary=summary, tbptt_steps=2)
+    model = RNNClassifier(3, encoder=RNNConfig(hidden_size=6), input_size=3, summary=summary, tbptt_steps=2)
     b = _batch()
     unlabelled = {"inputs": b["inputs"], "lengths": b["lengths"]}
     (probs,) = trainer().predict(model, DataLoader([unlabelled], batch_size=None))
@@ -186,7 +184,7 @@ def test_predict_probabilities_without_labels_equal_the_whole_sequence_forward(s
 
 def test_forward_state_continues_the_sequence():
     torch.manual_seed(7)
-    model = RNNClassifier(3, input_size=3, hidden_size=6, summary="mean").eval()
+    model = RNNClassifier(3, encoder=RNNConfig(hidden_size=6), input_size=3, summary="mean").eval()
     b = _batch()
     with torch.no_grad():
         whole, _ = model(b["inputs"], lengths=b["lengths"])

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 
 from ._tbptt_models import trainer
 
 
 def test_forward_shapes_and_state_carry_equals_unsplit():
-    lm = RNNLanguageModel(30, 8, 16, num_layers=2, cell="gru").eval()
+    lm = RNNLanguageModel(30, 8, encoder=RNNConfig(hidden_size=16, num_layers=2, cell="gru")).eval()
     tokens = torch.randint(0, 30, (3, 20))
     logits, state = lm(tokens)
     assert logits.shape == (3, 20, 30) and state.shape == (2, 3, 16)
@@ -26,10 +26,10 @@ def test_forward_shapes_and_state_carry_equals_unsplit():
 
 
 def test_tied_weights_share_the_embedding():
-    lm = RNNLanguageModel(30, 16, 16, tie_weights=True)
+    lm = RNNLanguageModel(30, 16, encoder=RNNConfig(hidden_size=16), tie_weights=True)
     assert lm.decoder.weight is lm.embedding.weight
     with pytest.raises(ValueError, match="embedding_dim == recurrent output size"):
-        RNNLanguageModel(30, 8, 16, tie_weights=True)
+        RNNLanguageModel(30, 8, encoder=RNNConfig(hidden_size=16), tie_weights=True)
 
 
 def test_bad_options_and_tokens():
@@ -37,14 +37,14 @@ def test_bad_options_and_tokens():
         RNNLanguageModel(30, optimizer="lbfgs")
     with pytest.raises(ValueError, match="vocab_size"):
         RNNLanguageModel(0)
-    lm = RNNLanguageModel(30, 8, 16, tbptt_steps=4)
+    lm = RNNLanguageModel(30, 8, encoder=RNNConfig(hidden_size=16), tbptt_steps=4)
     bad = torch.full((2, 8), 30)
     with pytest.raises(ValueError, match=r"ids in \[0, 30\).*got id 30"):
         trainer().fit(lm, torch.utils.data.DataLoader([(bad, bad)], batch_size=None))
 
 
 def test_generate_greedy_is_deterministic_and_extends_prompt():
-    lm = RNNLanguageModel(30, 8, 16)
+    lm = RNNLanguageModel(30, 8, encoder=RNNConfig(hidden_size=16))
     prompt = torch.tensor([1, 2, 3])
     a = lm.generate(prompt, 10, temperature=0)
     b = lm.generate(prompt, 10, temperature=0)
@@ -55,7 +55,7 @@ def test_generate_greedy_is_deterministic_and_extends_prompt():
 
 
 def test_gradient_flow_probe_matches_forward_losses():
-    lm = RNNLanguageModel(30, 8, 16, num_layers=2).eval()
+    lm = RNNLanguageModel(30, 8, encoder=RNNConfig(hidden_size=16, num_layers=2)).eval()
     x, y = torch.randint(0, 30, (2, 12)), torch.randint(0, 30, (2, 12))
     states, losses = lm.gradient_flow_probe((x, y), max_steps=9)
     assert len(states) == 9 and losses.shape == (2, 9)
@@ -79,7 +79,7 @@ def test_learns_real_text_below_unigram_entropy(tmp_path):
     torch.manual_seed(0)
     dm = data.TextStreamDataModule(str(source), batch_size=16, bptt=64, val_fraction=0.1, test_fraction=0.0)
     dm.setup("fit")
-    lm = RNNLanguageModel(len(dm.vocab), 32, 128, tbptt_steps=32, lr=1e-2)
+    lm = RNNLanguageModel(len(dm.vocab), 32, encoder=RNNConfig(hidden_size=128), tbptt_steps=32, lr=1e-2)
     t = trainer(max_epochs=2)
     t.fit(lm, datamodule=dm)
     val = t.callback_metrics["val/loss"].item()
@@ -88,7 +88,7 @@ def test_learns_real_text_below_unigram_entropy(tmp_path):
 
 
 def test_gradient_flow_probe_losses_depend_on_the_returned_states():
-    lm = RNNLanguageModel(30, 8, 16, num_layers=2, cell="lstm").eval()
+    lm = RNNLanguageModel(30, 8, encoder=RNNConfig(hidden_size=16, num_layers=2, cell="lstm")).eval()
     x, y = torch.randint(0, 30, (2, 6)), torch.randint(0, 30, (2, 6))
     states, losses = lm.gradient_flow_probe((x, y))
     for t in range(6):
@@ -101,7 +101,7 @@ def test_gradient_flow_probe_losses_depend_on_the_returned_states():
 def test_predict_gives_the_log_likelihood_test_loss_averages():
     # carried state across batches and chunks of 3: the mean of the predicted log-likelihoods is -test/loss
     torch.manual_seed(0)
-    lm = RNNLanguageModel(20, 8, 12, tbptt_steps=3, pad_id=0)
+    lm = RNNLanguageModel(20, 8, encoder=RNNConfig(hidden_size=12), tbptt_steps=3, pad_id=0)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randint(0, 20, (2, 7), generator=g), torch.randint(0, 20, (2, 7), generator=g)) for _ in range(3)]
     loader = DataLoader(batches, batch_size=None)
@@ -120,7 +120,7 @@ def test_predict_gives_the_log_likelihood_test_loss_averages():
 
 
 def test_forward_takes_lengths_and_pad_id_is_checked():
-    lm = RNNLanguageModel(30, 8, 16).eval()
+    lm = RNNLanguageModel(30, 8, encoder=RNNConfig(hidden_size=16)).eval()
     x = torch.randint(0, 30, (2, 6))
     with torch.no_grad():
         _, state = lm(x, lengths=torch.tensor([6, 3]))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 
 
 def test_zoneout_passes_through_and_is_saved():
-    lm = RNNLanguageModel(vocab_size=20, embedding_dim=8, hidden_size=8, zoneout=0.1)
-    assert lm.rnn.zoneout == 0.1 and lm.hparams["zoneout"] == 0.1
+    lm = RNNLanguageModel(encoder=RNNConfig(hidden_size=8, zoneout=0.1), vocab_size=20, embedding_dim=8)
+    assert lm.rnn.zoneout == 0.1 and lm.hparams["encoder"]["zoneout"] == 0.1
     assert RNNLanguageModel(**lm.hparams).rnn.zoneout == 0.1  # what load_from_checkpoint does
     x = torch.randint(0, 20, (2, 7))
     lm.eval()

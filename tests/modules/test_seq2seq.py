@@ -8,7 +8,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from torchmetrics.functional.text import bleu_score, char_error_rate
 
-from lightning_rnn import Seq2SeqAttention
+from lightning_rnn import RNNConfig, Seq2SeqAttention
 from lightning_rnn.data.seq2seq import ReversalDataset, Seq2SeqCollate, seq2seq_collate
 from lightning_rnn.modules.seq2seq import strip_hypotheses
 
@@ -32,8 +32,7 @@ def test_short_reversal_training_learns(tmp_path):
     train = ReversalDataset(1600, num_symbols=10, min_len=2, max_len=7, seed=1)
     val = ReversalDataset(150, num_symbols=10, min_len=2, max_len=7, seed=2)
     collate = Seq2SeqCollate()
-    model = Seq2SeqAttention(train.vocab_size, train.vocab_size, embedding_dim=16, hidden_size=32, lr=1e-2,
-                             num_attention_maps=1)
+    model = Seq2SeqAttention(train.vocab_size, train.vocab_size, encoder=RNNConfig(bidirectional=True, hidden_size=32), embedding_dim=16, lr=1e-2, num_attention_maps=1)
     val_loader = DataLoader(val, batch_size=150, collate_fn=collate)
     trainer = _trainer(tmp_path, max_epochs=2, logger=CSVLogger(tmp_path))
     before = trainer.validate(model, val_loader, verbose=False)[0]
@@ -63,14 +62,13 @@ def test_short_reversal_training_learns(tmp_path):
 
 
 def test_teacher_forcing_schedule_is_linear():
-    model = Seq2SeqAttention(10, 10, embedding_dim=4, hidden_size=4, teacher_forcing=1.0,
-                             teacher_forcing_end=0.5, teacher_forcing_steps=100)
+    model = Seq2SeqAttention(10, 10, encoder=RNNConfig(bidirectional=True, hidden_size=4), embedding_dim=4, teacher_forcing=1.0, teacher_forcing_end=0.5, teacher_forcing_steps=100)
     assert [model.teacher_forcing_ratio(s) for s in (0, 50, 100, 500)] == [1.0, 0.75, 0.5, 0.5]
-    assert Seq2SeqAttention(10, 10, embedding_dim=4, hidden_size=4, teacher_forcing=0.3).teacher_forcing_ratio(7) == 0.3
+    assert Seq2SeqAttention(10, 10, encoder=RNNConfig(bidirectional=True, hidden_size=4), embedding_dim=4, teacher_forcing=0.3).teacher_forcing_ratio(7) == 0.3
 
 
 def test_dict_and_tuple_batches_and_forward_outputs():
-    model = Seq2SeqAttention(12, 12, embedding_dim=8, hidden_size=8, attention="luong_general").eval()
+    model = Seq2SeqAttention(12, 12, encoder=RNNConfig(bidirectional=True, hidden_size=8), embedding_dim=8, attention="luong_general").eval()
     b = seq2seq_collate([([3, 4, 5], [5, 4, 3]), ([6], [6])])
     loss_dict = model.training_step(b, 0)
     loss_tuple = model.training_step((b["src"], b["src_lengths"], b["tgt_in"], b["tgt_out"]), 0)
@@ -79,7 +77,7 @@ def test_dict_and_tuple_batches_and_forward_outputs():
     assert logits.shape == (2, 4, 12) and attn.shape == (2, 4, 3)
     assert attn[1, :, 1:].eq(0).all()
     out = model.generate(b["src"], b["src_lengths"], beam_size=3, n_best=2, max_len=6, return_attention=True)
-    dot = Seq2SeqAttention(12, 12, embedding_dim=8, hidden_size=8, attention="luong_dot")
+    dot = Seq2SeqAttention(12, 12, encoder=RNNConfig(bidirectional=True, hidden_size=8), embedding_dim=8, attention="luong_dot")
     assert dot.model.decoder.hidden_size == 16  # = bidirectional encoder output size
     assert dot(b["src"], b["src_lengths"], b["tgt_in"]).shape == (2, 4, 12)
     assert out.tokens.shape[:2] == (2, 2) and (out.scores[:, 0] >= out.scores[:, 1]).all()
@@ -95,7 +93,7 @@ def test_bad_input():
         Seq2SeqAttention(10, 10, max_decode_len=0)
     with pytest.raises(ValueError, match=r"eos_id in \[0, 2\)"):
         Seq2SeqAttention(10, 2)
-    model = Seq2SeqAttention(10, 10, embedding_dim=4, hidden_size=4)
+    model = Seq2SeqAttention(10, 10, encoder=RNNConfig(bidirectional=True, hidden_size=4), embedding_dim=4)
     b = seq2seq_collate([([3, 4], [4, 3]), ([5], [5])])
     with pytest.raises(ValueError, match="same batch size"):
         model.training_step((b["src"], b["src_lengths"], b["tgt_in"][:1], b["tgt_out"][:1]), 0)
@@ -116,7 +114,7 @@ def test_attention_maps_go_to_wandb_log_image(tmp_path, monkeypatch):
     monkeypatch.setattr(logger, "log_image", lambda key, images, step=None, **kw: calls.append((key, images)))
     data = ReversalDataset(16, num_symbols=6, min_len=2, max_len=5, seed=0)
     loader = DataLoader(data, batch_size=8, collate_fn=Seq2SeqCollate())
-    model = Seq2SeqAttention(data.vocab_size, data.vocab_size, embedding_dim=4, hidden_size=4, num_attention_maps=2)
+    model = Seq2SeqAttention(data.vocab_size, data.vocab_size, encoder=RNNConfig(bidirectional=True, hidden_size=4), embedding_dim=4, num_attention_maps=2)
     try:
         _trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=logger, num_sanity_val_steps=0).fit(
             model, loader, loader
@@ -128,7 +126,7 @@ def test_attention_maps_go_to_wandb_log_image(tmp_path, monkeypatch):
 
 
 def test_optimizer_option_and_predict_returns_decoded_ids(tmp_path):
-    model = Seq2SeqAttention(12, 12, 8, 8, 1, "gru", optimizer="sgd", lr=0.5, weight_decay=0.01)
+    model = Seq2SeqAttention(12, 12, 8, encoder=RNNConfig(bidirectional=True, hidden_size=8, num_layers=1, cell="gru"), optimizer="sgd", lr=0.5, weight_decay=0.01)
     opt = model.configure_optimizers()
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.5 and opt.defaults["weight_decay"] == 0.01
     with pytest.raises(ValueError, match="Expected optimizer in"):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 from lightning_rnn.nn.softmax import CandidateSampler, adaptive_softmax, check_cutoffs, sampled_softmax_loss
 
 from ._tbptt_models import trainer
@@ -40,7 +40,7 @@ def test_bad_cutoffs(cutoffs, match):
     with pytest.raises(ValueError, match=match):
         check_cutoffs(cutoffs, 30)
     with pytest.raises(ValueError, match=match):
-        RNNLanguageModel(V, 8, 8, output="adaptive", adaptive_cutoffs=cutoffs)
+        RNNLanguageModel(V, 8, encoder=RNNConfig(hidden_size=8), output="adaptive", adaptive_cutoffs=cutoffs)
 
 
 class _AllIds(CandidateSampler):
@@ -74,7 +74,7 @@ def test_adaptive_eval_ppl_equals_full_softmax_of_same_weights_with_one_cluster(
     # cut-off V-1: the head holds ids 0..V-2 plus one cluster logit whose single tail word is id V-1, so the
     # adaptive distribution is exactly softmax(head(h)) over V outputs
     torch.manual_seed(2)
-    lm = RNNLanguageModel(V, 8, 12, output="adaptive", adaptive_cutoffs=[V - 1])
+    lm = RNNLanguageModel(V, 8, encoder=RNNConfig(hidden_size=12), output="adaptive", adaptive_cutoffs=[V - 1])
     x, y = _tokens()
     (metrics,) = trainer().validate(lm, DataLoader([(x, y)], batch_size=None), verbose=False)
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_adaptive_eval_ppl_equals_full_softmax_of_same_weights_with_one_cluster(
 
 def test_adaptive_eval_ppl_is_exact_with_several_clusters():
     torch.manual_seed(3)
-    lm = RNNLanguageModel(V, 8, 12, output="adaptive", adaptive_cutoffs=[4, 12])
+    lm = RNNLanguageModel(V, 8, encoder=RNNConfig(hidden_size=12), output="adaptive", adaptive_cutoffs=[4, 12])
     x, y = _tokens()
     (metrics,) = trainer().validate(lm, DataLoader([(x, y)], batch_size=None), verbose=False)
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_adaptive_eval_ppl_is_exact_with_several_clusters():
 
 def test_sampled_trains_and_evaluates_with_the_full_softmax():
     torch.manual_seed(4)
-    lm = RNNLanguageModel(V, 8, 12, output="sampled", num_sampled=8, tbptt_steps=6, lr=0.05)
+    lm = RNNLanguageModel(V, 8, encoder=RNNConfig(hidden_size=12), output="sampled", num_sampled=8, tbptt_steps=6, lr=0.05)
     x, y = _tokens()
     before = [p.detach().clone() for p in lm.parameters()]
     t = trainer(max_epochs=3)
@@ -116,8 +116,8 @@ def test_sampled_trains_and_evaluates_with_the_full_softmax():
 
 def test_output_option_errors():
     with pytest.raises(ValueError, match="output in"):
-        RNNLanguageModel(V, 8, 8, output="hierarchical")
+        RNNLanguageModel(V, 8, encoder=RNNConfig(hidden_size=8), output="hierarchical")
     with pytest.raises(ValueError, match="tie_weights=False"):
-        RNNLanguageModel(V, 8, 8, output="adaptive", tie_weights=True)
+        RNNLanguageModel(V, 8, encoder=RNNConfig(hidden_size=8), output="adaptive", tie_weights=True)
     with pytest.raises(ValueError, match="Expected sampler to be one of"):
-        RNNLanguageModel(V, 8, 8, output="sampled", sampler="zipf")
+        RNNLanguageModel(V, 8, encoder=RNNConfig(hidden_size=8), output="sampled", sampler="zipf")

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lightning_rnn import RNNTagger
+from lightning_rnn import RNNConfig, RNNTagger
+from tests._encoder import with_encoder
 
 from ._tbptt_models import trainer
 
@@ -32,7 +33,7 @@ def _model(**kw):
     torch.manual_seed(0)
     defaults = dict(vocab_size=13, embedding_dim=5, hidden_size=6, optimizer="sgd", lr=0.5)
     defaults.update(kw)
-    return RNNTagger(4, **defaults)
+    return RNNTagger(4, **with_encoder(defaults))
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -108,7 +109,7 @@ def test_tbptt_update_equals_hand_written_chunk_loop(k):
 
 def test_features_and_tuple_batch_train():
     torch.manual_seed(1)
-    model = RNNTagger(3, input_size=2, hidden_size=8, cell="gru", bidirectional=True, lr=0.1)
+    model = RNNTagger(3, encoder=RNNConfig(hidden_size=8, cell="gru", bidirectional=True), input_size=2, lr=0.1)
     x = torch.randn(8, 12, 2)
     y = (x[..., 0] > 0).long()  # a per-step rule
     before = F.cross_entropy(model(x)[0].reshape(-1, 3), y.reshape(-1)).item()

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_rnn import RNNClassifier, RNNLanguageModel
+from lightning_rnn import RNNClassifier, RNNConfig, RNNLanguageModel
 
 from ._tbptt_models import SeqRegressor, loader, make_data, trainer
 
@@ -115,7 +115,7 @@ def test_log_every_n_steps_counts_batches_as_documented(tmp_path):
 # ---------------------------------------------------------------------- a chunk with no loss
 def test_classifier_chunks_without_a_loss_are_not_optimizer_steps():
     torch.manual_seed(0)
-    model = RNNClassifier(2, vocab_size=5, embedding_dim=4, hidden_size=4, tbptt_steps=3, optimizer="sgd", lr=0.1)
+    model = RNNClassifier(2, encoder=RNNConfig(hidden_size=4), vocab_size=5, embedding_dim=4, tbptt_steps=3, optimizer="sgd", lr=0.1)
     model.lr_scheduler_step = "optimizer_step"
 
     def configure():
@@ -226,7 +226,7 @@ class _TemperatureLM(RNNLanguageModel):
 
 def test_language_model_project_override_trains_and_evaluates():
     torch.manual_seed(0)
-    model = _TemperatureLM(12, 8, 8, tbptt_steps=4, lr=0.05)
+    model = _TemperatureLM(12, 8, RNNConfig(hidden_size=8), tbptt_steps=4, lr=0.05)
     tokens = torch.randint(0, 12, (2, 17))
     data = torch.utils.data.DataLoader([(tokens[:, :-1], tokens[:, 1:])], batch_size=None)
     t = trainer()
@@ -238,7 +238,7 @@ def test_language_model_project_override_trains_and_evaluates():
     ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 12), tokens[:, 1:].reshape(-1))
     assert metrics["val/loss"] == pytest.approx(ref.item(), rel=1e-5)
     with pytest.raises(TypeError, match="output='full'"):
-        _TemperatureLM(12, 8, 8, output="sampled", num_sampled=4)
+        _TemperatureLM(12, 8, RNNConfig(hidden_size=8), output="sampled", num_sampled=4)
 
 
 # ---------------------------------------------------------------------- strategies

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from lightning_rnn import RNNLanguageModel
+from lightning_rnn import RNNConfig, RNNLanguageModel
 
 from ._tbptt_models import trainer
 
@@ -30,9 +30,7 @@ def _stream(seed: int = 0, batches: int = 3, rows: int = 3, length: int = 24):
 def _model() -> RNNLanguageModel:
     torch.manual_seed(0)
     # dropout and variable-length BPTT both draw random numbers: resume must restore those streams too
-    return RNNLanguageModel(
-        20, 8, 16, tbptt_steps=6, variable_bptt=True, input_dropout=0.2, recurrent_dropout=0.2, lr=0.01
-    )
+    return RNNLanguageModel(20, 8, encoder=RNNConfig(hidden_size=16, input_dropout=0.2, recurrent_dropout=0.2), tbptt_steps=6, variable_bptt=True, lr=0.01)
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
