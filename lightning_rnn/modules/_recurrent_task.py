@@ -20,6 +20,7 @@ from torchmetrics import Accuracy, F1Score
 
 from lightning_rnn._validation import check_int, check_token_ids
 from lightning_rnn.functional.tbptt import batch_time_length
+from lightning_rnn.modules._legacy import check_encoder_hparams
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule
 from lightning_rnn.nn.rnn_config import RNNConfig
@@ -125,6 +126,10 @@ class _RecurrentTask(TBPTTModule):
             metrics = {"acc": Accuracy(**metric_kw), "f1": F1Score(average="macro", **metric_kw)}
             setattr(self, f"{stage}_metrics", nn.ModuleDict(metrics))
         self._train_metric_end = 0
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_encoder_hparams(type(self).__name__, checkpoint)
+        super().on_load_checkpoint(checkpoint)
 
     @staticmethod
     def _bidirectional_tbptt_message(steps: int | None) -> str:

@@ -23,6 +23,7 @@ from lightning_rnn.functional.activation_reg import (
     activation_regularization,
     temporal_activation_regularization,
 )
+from lightning_rnn.modules._legacy import check_encoder_hparams
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
 from lightning_rnn.nn.dropout import EmbeddingDropout, locked_dropout
@@ -220,6 +221,10 @@ class RNNLanguageModel(TBPTTModule):
             self.decoder.weight = embedding.weight
         self.val_ppl = Perplexity(ignore_index=pad_id)
         self.test_ppl = Perplexity(ignore_index=pad_id)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_encoder_hparams(type(self).__name__, checkpoint)
+        super().on_load_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------ model
     def forward(self, inputs: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:

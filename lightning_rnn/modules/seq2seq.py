@@ -17,6 +17,7 @@ from torchmetrics.text import BLEUScore, CharErrorRate
 
 from lightning_rnn._validation import check_choice, check_float, check_int, check_probability
 from lightning_rnn.data.vocab import Vocab
+from lightning_rnn.modules._legacy import check_encoder_hparams
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.nn.rnn_config import RNNConfig
 from lightning_rnn.nn.search import LENGTH_PENALTIES, SearchOutput
@@ -324,6 +325,9 @@ class Seq2SeqAttention(L.LightningModule):
         with torch.inference_mode(False):
             for name in ("loss", "token_acc", "exact_match", "bleu", "cer"):
                 getattr(self, f"{stage}_{name}").reset()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_encoder_hparams(type(self).__name__, checkpoint)
 
     def on_validation_epoch_start(self) -> None:
         self._reset_metrics("val")

@@ -89,3 +89,30 @@ def test_modules_store_the_encoder_as_a_dict_and_reload_it(tmp_path) -> None:
     lm.eval(), again.eval()
     x = torch.randint(0, 11, (2, 6))
     assert torch.equal(lm(x)[0], again(x)[0]) and again.rnn.cell == "gru" and again.rnn.num_layers == 2
+
+
+@pytest.mark.parametrize("name", ["lm", "classifier", "tagger", "seq2seq"])
+def test_checkpoint_with_the_flat_keys_of_0_1_0_is_refused_with_the_conversion(name: str, tmp_path) -> None:
+    """Lightning passes only the keys a constructor accepts: flat encoder keys would silently build the default
+    encoder. The load refuses them and names the conversion, which then loads the same model."""
+    from lightning_rnn import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention
+
+    encoder = RNNConfig("gru", hidden_size=6, bidirectional=name == "seq2seq", input_dropout=0.3)
+    cls, sizes = {"lm": (RNNLanguageModel, {"vocab_size": 9}), "classifier": (RNNClassifier, {"num_classes": 3,
+                  "vocab_size": 9}), "tagger": (RNNTagger, {"num_classes": 3, "vocab_size": 9}),
+                  "seq2seq": (Seq2SeqAttention, {"src_vocab": 9, "tgt_vocab": 9})}[name]
+    model = cls(**sizes, encoder=encoder)
+    hparams = dict(model.hparams)
+    hparams.update(hparams.pop("encoder"))  # what 0.1.0 saved: the encoder's settings as top-level keys
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.0"},
+               path)
+    with pytest.raises(ValueError, match=r"under 'encoder' .*flat keys \['hidden_size'.*Convert the file once") as err:
+        cls.load_from_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    keys = eval(str(err.value).split("for k in ")[1].split("}")[0])  # the list the message names
+    hp["encoder"] = {k: hp.pop(k) for k in keys}
+    torch.save(ckpt, path)
+    loaded = cls.load_from_checkpoint(path)
+    assert RNNConfig.coerce(loaded.hparams["encoder"]) == encoder
