@@ -56,8 +56,11 @@ def test_every_subcommand_reuses_the_checkpoints_fit_writes(name: str, tmp_path:
     accepted = set(model_cls.__init__.__code__.co_varnames)
     assert set(hparams) - {"_class_path", "_instantiator"} <= accepted, "only arguments the model accepts"
 
+    assert isinstance(hparams["encoder"], dict)  # the RNNConfig as data: the file loads weights_only
+
     validated = _run("validate", name, ["--ckpt_path", str(last)], corpus)
     assert any(k.startswith("val/") for k in validated.trainer.callback_metrics)
+    assert validated.model.hparams["encoder"] == hparams["encoder"]
     tested = _run("test", name, ["--ckpt_path", str(last)], corpus)
     assert any(k.startswith("test/") for k in tested.trainer.callback_metrics)
     has_predict = type(fitted.model).predict_step is not LightningModule.predict_step
@@ -68,6 +71,27 @@ def test_every_subcommand_reuses_the_checkpoints_fit_writes(name: str, tmp_path:
     # resume: continues from the checkpoint's step, same weights at the start
     resumed = _run("fit", name, ["--ckpt_path", str(last), "--trainer.max_steps=10"], corpus)
     assert resumed.trainer.global_step >= 10 and ckpt["global_step"] >= 6
+
+
+def test_ckpt_path_rebuilds_the_encoder_it_was_trained_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encoder set on the command line at fit is rebuilt by `--ckpt_path` alone (the config's encoder is
+    replaced by the checkpoint's), with identical weights and predictions."""
+    monkeypatch.chdir(tmp_path)
+    corpus = _corpus(tmp_path / "corpus.py")
+    encoder = ["--model.init_args.encoder.cell=rnn", "--model.init_args.encoder.num_layers=2",
+               "--model.init_args.encoder.zoneout=0.1"]
+    fitted = _run("fit", "tagger_delay", encoder, corpus)
+    last = tmp_path / "runs" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)["hyper_parameters"]["encoder"]
+    assert (saved["cell"], saved["hidden_size"], saved["num_layers"], saved["zoneout"]) == ("rnn", 8, 2, 0.1)
+    predicted = _run("predict", "tagger_delay", ["--ckpt_path", str(last)], corpus)
+    rnn = predicted.model.rnn
+    assert (rnn.cell, rnn.hidden_size, rnn.num_layers, rnn.zoneout) == ("rnn", 8, 2, 0.1)
+    for (name, a), b in zip(predicted.model.state_dict().items(), torch.load(last, weights_only=True)["state_dict"].values()):
+        assert torch.equal(a, b), name
+    again = fitted.trainer.predict(fitted.model, datamodule=fitted.datamodule, ckpt_path=str(last))
+    for a, b in zip(predicted.trainer.predict_loop.predictions, again):
+        assert torch.equal(a["probs"], b["probs"])
 
 
 class KwargsTagger(TBPTTModule):
