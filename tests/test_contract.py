@@ -414,6 +414,30 @@ def test_checkpoint_round_trips_every_option(name: str, options: dict[str, Any],
         torch.testing.assert_close(loaded.sampler.log_q(ids), model.sampler.log_q(ids), rtol=0, atol=0)
 
 
+class _UserLM(RNNLanguageModel):
+    """A user's subclass whose own ``__init__`` takes the encoder (Lightning records the outermost init's locals)."""
+
+    def __init__(self, vocab_size: int = V, encoder: RNNConfig = RNNConfig(cell="gru", hidden_size=6)) -> None:
+        super().__init__(vocab_size, 4, encoder)
+
+
+def test_subclass_passing_its_own_rnn_config_saves_a_plain_dict(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    encoder = RNNConfig(cell="rnn", hidden_size=5, num_layers=2, zoneout=0.1)
+    model = _UserLM(encoder=encoder)
+    assert model.hparams["encoder"] == encoder.to_dict()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    batches = [(torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6)))]
+    trainer.fit(model, torch.utils.data.DataLoader(batches, batch_size=None))
+    trainer.save_checkpoint(tmp_path / "user.ckpt")
+    assert torch.load(tmp_path / "user.ckpt", weights_only=True)["hyper_parameters"]["encoder"]["cell"] == "rnn"
+    loaded = _UserLM.load_from_checkpoint(tmp_path / "user.ckpt", weights_only=True)
+    assert RNNConfig.coerce(loaded.hparams["encoder"]) == encoder
+    for a, b in zip(_outputs("lm", model), _outputs("lm", loaded)):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------------------------------- one API
 SHIPPED = (RNNLanguageModel, RNNClassifier, RNNTagger, Seq2SeqAttention)
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_rnn._validation import check_token_ids
+from lightning_rnn.modules._hparams import plain_configs
 from lightning_rnn.modules._recurrent_task import _leaves, _RecurrentTask, no_loss
 from lightning_rnn.modules.tbptt import TBPTTStep
 from lightning_rnn.nn.pooling import AttentionPooling, length_mask, pool_finalize, pool_update
@@ -128,6 +129,7 @@ class RNNClassifier(_RecurrentTask):
             weight_decay=weight_decay,
         )
         self.save_hyperparameters()
+        plain_configs(self)  # a user's subclass taking its own RNNConfig: still a plain dict
         self.summary = summary
         self.loss_at = loss_at
         self.attention = AttentionPooling(self.rnn.output_size) if summary == "attention" else None

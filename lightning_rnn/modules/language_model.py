@@ -23,6 +23,7 @@ from lightning_rnn.functional.activation_reg import (
     activation_regularization,
     temporal_activation_regularization,
 )
+from lightning_rnn.modules._hparams import plain_configs
 from lightning_rnn.modules._legacy import check_encoder_hparams
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.modules.tbptt import TBPTTModule, TBPTTStep
@@ -192,8 +193,14 @@ class RNNLanguageModel(TBPTTModule):
             check_float(name, value, min=0.0)
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
         config = RNNConfig.coerce(encoder)
+        if config.bidirectional:
+            raise ValueError(
+                "Expected encoder.bidirectional=False for a language model (a backward direction would read the "
+                "tokens it is asked to predict), got True"
+            )
         encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         self.save_hyperparameters()
+        plain_configs(self)  # a user's subclass taking its own RNNConfig: still a plain dict
         self.output = output
         self.vocab_size = vocab_size
         self.pad_id = pad_id

@@ -17,6 +17,7 @@ from torchmetrics.text import BLEUScore, CharErrorRate
 
 from lightning_rnn._validation import check_choice, check_float, check_int, check_probability
 from lightning_rnn.data.vocab import Vocab
+from lightning_rnn.modules._hparams import plain_configs
 from lightning_rnn.modules._legacy import check_encoder_hparams
 from lightning_rnn.modules._optim import build_optimizer, check_optimizer_args
 from lightning_rnn.nn.rnn_config import RNNConfig
@@ -213,6 +214,7 @@ class Seq2SeqAttention(L.LightningModule):
         config = RNNConfig.coerce(encoder)
         encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         self.save_hyperparameters()
+        plain_configs(self)  # a user's subclass taking its own RNNConfig: still a plain dict
         cell, hidden_size, num_layers = config.cell, config.hidden_size, config.num_layers
         bidirectional = config.bidirectional
         src_vocab, tgt_vocab = _vocab_object(src_vocab), _vocab_object(tgt_vocab)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_rnn._validation import check_token_ids
+from lightning_rnn.modules._hparams import plain_configs
 from lightning_rnn.modules._recurrent_task import _RecurrentTask, no_loss
 from lightning_rnn.modules.tbptt import TBPTTStep
 from lightning_rnn.nn.pooling import length_mask
@@ -112,6 +113,7 @@ class RNNTagger(_RecurrentTask):
             pad_id=pad_id,
         )
         self.save_hyperparameters()
+        plain_configs(self)  # a user's subclass taking its own RNNConfig: still a plain dict
 
     def forward(self, inputs: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
         """Per-step logits and the state to continue the sequences with.

@@ -225,7 +225,7 @@ class RNNStack(nn.Module):
         self.zoneout = check_probability("zoneout", zoneout)
         self.second_order = bool(second_order)
 
-        if residual not in (False, True, "all"):
+        if not (isinstance(residual, bool) or residual == "all"):  # 0 / 1 are not booleans here
             raise ValueError(f"Expected residual to be False, True or 'all', got {residual!r}")
         if residual is True and num_layers < 2:
             raise ValueError(

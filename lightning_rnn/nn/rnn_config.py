@@ -75,7 +75,7 @@ class RNNConfig:
         check_int("num_layers", self.num_layers, min=1)
         check_bool("bidirectional", self.bidirectional)
         check_bool("bias", self.bias)
-        if self.residual not in (False, True, "all") or not isinstance(self.residual, bool | str):
+        if not (isinstance(self.residual, bool) or self.residual == "all"):  # 0 / 1 are not booleans here
             raise ValueError(f"Expected residual to be False, True or 'all', got {self.residual!r}")
         if self.residual is True and self.num_layers < 2:
             raise ValueError(
