@@ -232,3 +232,23 @@ def test_documented_last_ckpt_commands_run(fitted: dict, tmp_path: Path, monkeyp
             assert torch.load(tmp_path / "runs" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 24
         else:
             assert out.strip(), argv
+
+
+def test_flat_encoder_options_of_0_1_0_get_a_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--model.init_args.hidden_size` (and a config with `hidden_size:` under init_args) fail in the parser as any
+    unknown option does, followed by one line naming where the setting moved."""
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIG), "--model.init_args.hidden_size=64", "--trainer.max_steps=1"])
+    assert exc.value.code == 2
+    hint = capsys.readouterr().err.strip().splitlines()[-1]
+    assert hint.startswith("lightning-rnn: hint: ") and "--model.init_args.hidden_size -> --model.init_args.encoder." in hint
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"model": {"class_path": "lightning_rnn.RNNLanguageModel",
+                                             "init_args": {"hidden_size": 32, "cell": "gru"}}}))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(old)])
+    hint = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"model.init_args.hidden_size in {old}" in hint and f"model.init_args.cell in {old}" in hint
+    with pytest.raises(SystemExit):  # an unknown option that did not move: no hint
+        main(["fit", "--config", str(CONFIG), "--model.init_args.hiddn=64"])
+    assert "hint" not in capsys.readouterr().err

@@ -19,6 +19,7 @@ The package, one concept per file:
 - :mod:`~lightning_rnn.cli.generate`: ``lightning-rnn generate``;
 - :mod:`~lightning_rnn.cli.vocab`: the vocabulary inside checkpoints;
 - :mod:`~lightning_rnn.cli.sources`: early checks of ``--data.source``;
+- :mod:`~lightning_rnn.cli.moved_options`: the hint for 0.1.0's flat encoder options;
 - :mod:`~lightning_rnn.cli.errors`: one-line errors (``lightning-rnn: error: ...``, exit status 2; set
   ``LIGHTNING_RNN_TRACEBACK=1`` for the traceback) and closing the W&B run.
 """
@@ -35,9 +36,10 @@ import lightning_rnn  # noqa: F401  (registers the shipped modules for `--model 
 import lightning_rnn.callbacks  # noqa: F401
 import lightning_rnn.data  # noqa: F401
 from lightning_rnn.checkpoint_io import CheckpointError
-from lightning_rnn.cli.errors import CLIError, exit_with, finish_wandb, one_line
+from lightning_rnn.cli.errors import PROG, CLIError, exit_with, finish_wandb, one_line
 from lightning_rnn.cli.generate import generate_main
 from lightning_rnn.cli.links import DATA_LINKS
+from lightning_rnn.cli.moved_options import moved_encoder_options
 from lightning_rnn.cli.parser import LightningRNNCLI
 from lightning_rnn.cli.report import fit_report
 from lightning_rnn.cli.vocab import VOCAB_KEY, VocabInCheckpoint
@@ -67,6 +69,13 @@ def cli_main(args: Sequence[str] | None = None) -> Any:
         return LightningRNNCLI(args=argv)
     except CLIError as err:
         exit_with(err.message, err)
+    except SystemExit as err:  # the parser's own error (usage printed): hint at options moved under `encoder`
+        moved = moved_encoder_options(argv) if err.code == 2 else []
+        if moved:
+            print(f"{PROG}: hint: the recurrent stack's settings moved under `encoder` (an RNNConfig): "
+                  f"{', '.join(moved)} -> --model.init_args.encoder.<name>, or an `encoder:` block in the config",
+                  file=sys.stderr)
+        raise
     except CheckpointError as err:
         exit_with(str(err), err)
     except (ValueError, TypeError, FileNotFoundError, UnicodeDecodeError, OSError, MisconfigurationException) as err:
