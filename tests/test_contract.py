@@ -438,6 +438,41 @@ def test_subclass_passing_its_own_rnn_config_saves_a_plain_dict(tmp_path: Path) 
         assert torch.equal(a, b)
 
 
+class _UserClassifier(RNNClassifier):
+    def __init__(self, encoder: RNNConfig = RNNConfig(hidden_size=6)) -> None:
+        super().__init__(3, V, None, 4, encoder)
+
+
+class _UserTagger(RNNTagger):
+    def __init__(self, encoder: RNNConfig = RNNConfig(hidden_size=6)) -> None:
+        super().__init__(3, V, None, 4, encoder)
+
+
+class _UserSeq2Seq(Seq2SeqAttention):
+    def __init__(self, encoder: RNNConfig = RNNConfig(hidden_size=6, bidirectional=True)) -> None:
+        super().__init__(V, V, 6, encoder)
+
+
+@pytest.mark.parametrize(("name", "cls"), [("classifier", _UserClassifier), ("tagger", _UserTagger),
+                                           ("seq2seq", _UserSeq2Seq)])
+def test_other_modules_subclass_passing_its_own_rnn_config_saves_a_plain_dict(name: str, cls: type,
+                                                                               tmp_path: Path) -> None:
+    """As above for the other shipped modules: the checkpoint Lightning writes from ``hparams`` loads with
+    ``weights_only=True`` and rebuilds the subclass's own encoder."""
+    torch.manual_seed(0)
+    encoder = RNNConfig(cell="gru", hidden_size=5, num_layers=2, bidirectional=name == "seq2seq", zoneout=0.1)
+    model = cls(encoder=encoder)
+    assert model.hparams["encoder"] == encoder.to_dict()
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "pytorch-lightning_version": L.__version__}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "user.ckpt")
+    loaded = cls.load_from_checkpoint(tmp_path / "user.ckpt", weights_only=True)
+    assert RNNConfig.coerce(loaded.hparams["encoder"]) == encoder
+    for a, b in zip(_outputs(name, model), _outputs(name, loaded)):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------------------------------- one API
 SHIPPED = (RNNLanguageModel, RNNClassifier, RNNTagger, Seq2SeqAttention)
 

@@ -252,7 +252,7 @@ def test_resume_on_the_device_equals_the_uninterrupted_run(name: str, precision:
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what Trainer(deterministic=True) asks of cuBLAS
     from lightning_rnn.callbacks import AdaptiveGradientClipping
     from lightning_rnn.checkpoint_io import SafeCheckpointIO
-    from tests.test_resume import Record, _case
+    from tests.test_resume import Record, _case, assert_resumed_like_uninterrupted
 
     def run(max_steps: int, callbacks: list, **fit: Any) -> None:
         clip = AdaptiveGradientClipping(mode="quantile", quantile=0.5, window=50)
@@ -271,12 +271,7 @@ def test_resume_on_the_device_equals_the_uninterrupted_run(name: str, precision:
     resumed_model, dm2 = _case(name, tmp_path)
     resumed = Record()
     run(31, [resumed], args=(resumed_model, dm2), ckpt_path=ckpt)
-    after = {s: v for s, v in full.losses.items() if s > saved_step}
-    assert after and resumed.losses.keys() == after.keys()
-    for step in after:
-        assert resumed.losses[step] == pytest.approx(after[step], rel=1e-5, abs=1e-6), step
-    for (key, a), b in zip(model.state_dict().items(), resumed_model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
+    assert_resumed_like_uninterrupted(full, resumed, saved_step, model, resumed_model)
 
 
 # ---------------------------------------------------------------------------------------------- nn on the device

@@ -99,6 +99,12 @@ def test_resume_mid_epoch_equals_uninterrupted_run(name: str, tmp_path: Path) ->
     resumed = Record()
     _trainer(max_steps, [resumed], tmp_path).fit(resumed_model, dm2, ckpt_path=ckpt)
 
+    assert_resumed_like_uninterrupted(full, resumed, saved_step, model, resumed_model)
+
+
+def assert_resumed_like_uninterrupted(full: Record, resumed: Record, saved_step: int, model: Any,
+                                      resumed_model: Any) -> None:
+    """The losses after ``saved_step`` and the final parameters equal the uninterrupted run's (float tolerance)."""
     after = {s: v for s, v in full.losses.items() if s > saved_step}
     assert after and resumed.losses.keys() == after.keys()
     for step in after:

@@ -22,15 +22,12 @@ def moved_encoder_options(argv: Sequence[str]) -> list[str]:
     """
     found: list[str] = []
     for i, arg in enumerate(argv):
-        key = arg.split("=", 1)[0]
-        for prefix in ("--model.init_args.", "--model."):
-            if key.startswith(prefix) and key[len(prefix):] in FLAT_ENCODER_KEYS:
-                found.append(key)
-                break
-        if key in ("--config", "-c") and "=" not in arg and i + 1 < len(argv):
-            found += [f"model.init_args.{k} in {argv[i + 1]}" for k in _config_keys(argv[i + 1])]
-        elif key == "--config" and "=" in arg:
-            found += [f"model.init_args.{k} in {arg.split('=', 1)[1]}" for k in _config_keys(arg.split("=", 1)[1])]
+        key, eq, value = arg.partition("=")
+        if key.removeprefix("--model.").removeprefix("init_args.") in FLAT_ENCODER_KEYS and key.startswith("--model."):
+            found.append(key)
+        elif key in ("--config", "-c") and (eq or i + 1 < len(argv)):
+            path = value if eq else argv[i + 1]
+            found += [f"model.init_args.{k} in {path}" for k in _config_keys(path)]
     return found
 
 

@@ -18,6 +18,9 @@ from lightning_rnn.nn.state import map_state, select_state_rows
 
 __all__ = ["RNNClassifier"]
 
+#: the recurrent stack when ``encoder`` is not given (or is None)
+DEFAULT_ENCODER = RNNConfig()
+
 SUMMARIES = ("last", "mean", "max", "attention")
 LOSS_AT = ("end", "every_chunk")
 
@@ -85,7 +88,7 @@ class RNNClassifier(_RecurrentTask):
         vocab_size: int | None = None,
         input_size: int | None = None,
         embedding_dim: int = 128,
-        encoder: RNNConfig = RNNConfig(),
+        encoder: RNNConfig = DEFAULT_ENCODER,
         *,
         summary: str = "last",
         loss_at: str = "end",
@@ -106,7 +109,7 @@ class RNNClassifier(_RecurrentTask):
             raise ValueError(f"Expected summary in {SUMMARIES}, got {summary!r}")
         if loss_at not in LOSS_AT:
             raise ValueError(f"Expected loss_at in {LOSS_AT}, got {loss_at!r}")
-        config = RNNConfig.coerce(encoder)
+        config = RNNConfig.coerce(encoder, DEFAULT_ENCODER)  # None: this module's default
         encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         super().__init__(
             num_classes,

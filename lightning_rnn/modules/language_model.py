@@ -39,6 +39,9 @@ from lightning_rnn.nn.softmax import (
 
 __all__ = ["RNNLanguageModel"]
 
+#: the recurrent stack when ``encoder`` is not given (or is None)
+DEFAULT_ENCODER = RNNConfig(hidden_size=256)
+
 _OUTPUTS = ("full", "adaptive", "sampled")
 
 
@@ -116,7 +119,7 @@ class RNNLanguageModel(TBPTTModule):
         self,
         vocab_size: int,
         embedding_dim: int = 128,
-        encoder: RNNConfig = RNNConfig(hidden_size=256),
+        encoder: RNNConfig = DEFAULT_ENCODER,
         *,
         tbptt_steps: int | None = None,
         tbptt_backprop_steps: int | None = None,
@@ -192,7 +195,7 @@ class RNNLanguageModel(TBPTTModule):
         for name, value in (("ar_alpha", ar_alpha), ("tar_beta", tar_beta)):
             check_float(name, value, min=0.0)
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
-        config = RNNConfig.coerce(encoder)
+        config = RNNConfig.coerce(encoder, DEFAULT_ENCODER)  # None: this module's default
         if config.bidirectional:
             raise ValueError(
                 "Expected encoder.bidirectional=False for a language model (a backward direction would read the "

@@ -26,6 +26,9 @@ from lightning_rnn.nn.seq2seq import AttentionDecoder, Bridge, EncoderDecoder, S
 
 __all__ = ["Seq2SeqAttention", "plot_attention", "strip_hypotheses"]
 
+#: the recurrent stack when ``encoder`` is not given (or is None)
+DEFAULT_ENCODER = RNNConfig(bidirectional=True)
+
 BATCH_KEYS = ("src", "src_lengths", "tgt_in", "tgt_out")
 
 
@@ -181,7 +184,7 @@ class Seq2SeqAttention(L.LightningModule):
         src_vocab: Any,
         tgt_vocab: Any,
         embedding_dim: int = 64,
-        encoder: RNNConfig = RNNConfig(bidirectional=True),
+        encoder: RNNConfig = DEFAULT_ENCODER,
         *,
         decoder_hidden_size: int | None = None,
         decoder_num_layers: int | None = None,
@@ -211,7 +214,7 @@ class Seq2SeqAttention(L.LightningModule):
         super().__init__()
         check_optimizer_args(optimizer, lr, weight_decay)
         src_vocab, tgt_vocab = _saved_vocab(src_vocab), _saved_vocab(tgt_vocab)
-        config = RNNConfig.coerce(encoder)
+        config = RNNConfig.coerce(encoder, DEFAULT_ENCODER)  # None: this module's default
         encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         self.save_hyperparameters()
         plain_configs(self)  # a user's subclass taking its own RNNConfig: still a plain dict
@@ -242,7 +245,7 @@ class Seq2SeqAttention(L.LightningModule):
                              f"learned), got pad_id=eos_id={pad_id}")
         dec_hidden = decoder_hidden_size or hidden_size
         if attention == "luong_dot" and decoder_hidden_size is None:
-            dec_hidden = (2 if bidirectional else 1) * hidden_size  # dot scores need query size == key size
+            dec_hidden = config.output_size  # dot scores need query size == key size
         dec_layers = decoder_num_layers or num_layers
         rnn_options = {k: v for k, v in config.to_dict().items() if k not in ("hidden_size", "num_layers")}
         seq_encoder = Seq2SeqEncoder(

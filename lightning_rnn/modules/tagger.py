@@ -17,6 +17,9 @@ from lightning_rnn.nn.rnn_config import RNNConfig
 
 __all__ = ["RNNTagger"]
 
+#: the recurrent stack when ``encoder`` is not given (or is None)
+DEFAULT_ENCODER = RNNConfig()
+
 
 class RNNTagger(_RecurrentTask):
     """Recurrent sequence tagger: a label for every step (POS tags, frame-by-frame labels of a recording).
@@ -72,7 +75,7 @@ class RNNTagger(_RecurrentTask):
         vocab_size: int | None = None,
         input_size: int | None = None,
         embedding_dim: int = 128,
-        encoder: RNNConfig = RNNConfig(),
+        encoder: RNNConfig = DEFAULT_ENCODER,
         *,
         pad_id: int = -100,
         tbptt_steps: int | None = None,
@@ -89,7 +92,7 @@ class RNNTagger(_RecurrentTask):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
-        config = RNNConfig.coerce(encoder)
+        config = RNNConfig.coerce(encoder, DEFAULT_ENCODER)  # None: this module's default
         encoder = config.to_dict()  # type: ignore[assignment]  # saved as a plain dict: weights_only checkpoints
         super().__init__(
             num_classes,

@@ -517,7 +517,7 @@ class RNNStack(nn.Module):
             guard = torch.autocast("cuda", enabled=False)
             x, hx = x.to(dtype), _cast_state(hx, dtype)
             weights = self._cudnn_chunk(weights, num_layers, dtype)
-        elif x.is_cuda and not own and amp is None and not _is_one_chunk(weights):
+        elif x.is_cuda and not own and amp is None:
             # one layer's call or DropConnect-dropped weights: not the flattened parameter buffer (under
             # fp16 autocast, cuDNN's cast re-flattens the weights on every call anyway)
             weights = self._cudnn_chunk(weights, num_layers, None)
@@ -540,31 +540,18 @@ class RNNStack(nn.Module):
         cuDNN takes an RNN's weights without its per-call "not part of single contiguous chunk of memory"
         warning and copy only when they are views of one buffer at the offsets it chooses (which depend on
         the layer count and directions). The offsets come from torch's own flattening of placeholder
-        tensors of the same shapes (cached); gaps are zero-filled. Autograd-connected to ``weights``.
-        Without cuDNN the weights are concatenated in torch's order.
+        tensors of the same shapes (cached). Where cuDNN will not run (disabled, or a dtype it refuses) the
+        weights go to the kernel as they are.
         """
-        if dtype is not None:
-            weights = [w.to(dtype) for w in weights]
         # offsets count elements; torch's cuDNN helpers accept fp16/32/64 placeholders only (bf16 as fp32)
-        placeholder = weights[0].dtype if weights[0].dtype != torch.bfloat16 else torch.float32
+        placeholder = dtype or weights[0].dtype
         layout = _cudnn_layout(
             self.cell, tuple(tuple(w.shape) for w in weights), num_layers, self.bidirectional, self.bias,
-            placeholder, weights[0].device,
+            torch.float32 if placeholder == torch.bfloat16 else placeholder, weights[0].device,
         )
         if layout is None:
-            return _one_chunk(weights)
-        offsets, total = layout
-        with torch.profiler.record_function("lightning_rnn.one_chunk_weights"):  # counted by gpu_check.py
-            pieces, cursor = [], 0
-            for i in sorted(range(len(weights)), key=offsets.__getitem__):
-                if offsets[i] > cursor:
-                    pieces.append(weights[i].new_zeros(offsets[i] - cursor))
-                pieces.append(weights[i].reshape(-1))
-                cursor = offsets[i] + weights[i].numel()
-            if total > cursor:
-                pieces.append(weights[0].new_zeros(total - cursor))
-            flat = torch.cat(pieces)
-            return [flat[o : o + w.numel()].view(w.shape) for o, w in zip(offsets, weights)]
+            return weights if dtype is None else [w.to(dtype) for w in weights]
+        return _pack(weights, *layout, dtype=dtype)
 
     def _residual_at(self, layer: int) -> bool:
         return self.residual == "all" or (bool(self.residual) and layer > 0)
@@ -816,29 +803,19 @@ def _check_torch_keywords(cell: str, dropout: float, nonlinearity: str | None, p
         raise ValueError(f"Expected proj_size=0 (RNNStack has no LSTM projections), got {proj_size!r}")
 
 
-def _is_one_chunk(weights: list[Tensor]) -> bool:
-    """Whether ``weights`` are consecutive contiguous views from the start of one storage."""
-    ptr, offset = weights[0].untyped_storage().data_ptr(), 0
-    for w in weights:
-        if w.untyped_storage().data_ptr() != ptr or w.storage_offset() != offset or not w.is_contiguous():
-            return False
-        offset += w.numel()
-    return True
-
-
-def _one_chunk(weights: list[Tensor]) -> list[Tensor]:
-    """``weights`` as views of ONE fresh contiguous buffer (torch order), autograd-connected to them.
-
-    cuDNN takes an RNN's weights without copying them only when they are views of one buffer in its
-    layout; for one layer's call, or with DropConnect-dropped ``weight_hh``, the weights are not. Copying
-    them here (cuDNN would copy them anyway) hands cuDNN one chunk instead of triggering its per-call
-    "not part of single contiguous chunk of memory" warning and copy. If cuDNN's layout differed from this
-    concatenation it would still copy, never compute on misplaced weights (it checks every pointer).
-    """
+def _pack(weights: list[Tensor], offsets: list[int], total: int, dtype: torch.dtype | None = None) -> list[Tensor]:
+    """``weights`` as views of ONE fresh buffer of ``total`` elements, weight ``i`` at element ``offsets[i]``
+    (gaps zero-filled), cast to ``dtype`` once as a whole; autograd-connected to ``weights``."""
     with torch.profiler.record_function("lightning_rnn.one_chunk_weights"):  # counted by benchmarks/gpu_check.py
-        flat = torch.cat([w.reshape(-1) for w in weights])
-        views, offset = [], 0
-        for w in weights:
-            views.append(flat[offset : offset + w.numel()].view(w.shape))
-            offset += w.numel()
-    return views
+        pieces, cursor = [], 0
+        for i in sorted(range(len(weights)), key=offsets.__getitem__):
+            if offsets[i] > cursor:
+                pieces.append(weights[i].new_zeros(offsets[i] - cursor))
+            pieces.append(weights[i].reshape(-1))
+            cursor = offsets[i] + weights[i].numel()
+        if total > cursor:
+            pieces.append(weights[0].new_zeros(total - cursor))
+        flat = torch.cat(pieces)
+        if dtype is not None:
+            flat = flat.to(dtype)
+        return [flat[o : o + w.numel()].view(w.shape) for o, w in zip(offsets, weights)]

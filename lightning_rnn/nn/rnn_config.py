@@ -100,12 +100,8 @@ class RNNConfig:
     ) -> RNNStack:
         """The :class:`~lightning_rnn.nn.RNNStack` these settings describe, on inputs of ``input_size`` features
         (batch-first)."""
-        return RNNStack(self.cell, input_size, device=device, dtype=dtype, **self._stack_kwargs())
-
-    def _stack_kwargs(self) -> dict[str, Any]:
         kwargs = self.to_dict()
-        del kwargs["cell"]
-        return kwargs
+        return RNNStack(kwargs.pop("cell"), input_size, device=device, dtype=dtype, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (what a checkpoint's hyper-parameters and a config file hold)."""

@@ -171,21 +171,20 @@ def test_engine_works_when_hooks_are_overridden_without_super():
     assert all(s is not None for i, s in enumerate(model.seen_states) if i not in (0, 4))
 
 
-def test_configure_callbacks_without_super_leaves_the_refusal_to_lightning():
-    class NoSuper(SeqRegressor):
-        def configure_callbacks(self):
-            return []
+class NoSuper(SeqRegressor):
+    """A user override of ``configure_callbacks`` that does not call ``super()``."""
 
+    def configure_callbacks(self):
+        return []
+
+
+def test_configure_callbacks_without_super_leaves_the_refusal_to_lightning():
     x, y = make_data(n=2, length=8)
     with pytest.raises(Exception, match=r"gradient_clip_val"):
         trainer(gradient_clip_val=1.0).fit(NoSuper(tbptt_steps=4), loader(x, y, 2))
 
 
 def test_configure_callbacks_without_super_warns_that_resume_is_not_exact():
-    class NoSuper(SeqRegressor):
-        def configure_callbacks(self):
-            return []
-
     x, y = make_data(n=2, length=8)
     with pytest.warns(UserWarning, match=r"ExactResume.*will not restore"):
         trainer().fit(NoSuper(tbptt_steps=4), loader(x, y, 2))

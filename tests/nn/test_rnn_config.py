@@ -116,3 +116,14 @@ def test_checkpoint_with_the_flat_keys_of_0_1_0_is_refused_with_the_conversion(n
     torch.save(ckpt, path)
     loaded = cls.load_from_checkpoint(path)
     assert RNNConfig.coerce(loaded.hparams["encoder"]) == encoder
+
+
+def test_encoder_none_is_each_modules_own_default() -> None:
+    from lightning_rnn import RNNClassifier, RNNLanguageModel, RNNTagger, Seq2SeqAttention
+
+    lm = RNNLanguageModel(9, 4, None)
+    assert (lm.rnn.hidden_size, lm.rnn.bidirectional) == (256, False)
+    s2s = Seq2SeqAttention(9, 9, 4, None)
+    assert (s2s.model.encoder.rnn.hidden_size, s2s.model.encoder.rnn.bidirectional) == (128, True)
+    for cls in (RNNClassifier, RNNTagger):
+        assert cls(3, 9, None, 4, None).rnn.hidden_size == 128
